@@ -1,0 +1,129 @@
+//! The trait every component implements.
+
+use std::any::Any;
+
+use crate::context::{Context, TimerId};
+use crate::err::BoxError;
+
+/// A component that takes messages and answers them: a language model, a person at a terminal, a
+/// database, a clock.
+///
+/// A backend has an input type and an output type. [`query`](Backend::query) must answer: it sends
+/// output to the agent's siblings through the [`Context`]. [`read`](Backend::read) takes an input
+/// in with no answer (by default it ignores it), and [`nop`](Backend::nop) cleans up before the
+/// agent's thread ends. A backend can also act on its own: [`start`](Backend::start) runs once
+/// when its agent starts, and [`timer`](Backend::timer) runs when a timer set through the context
+/// fires.
+///
+/// Handlers return `Result`: an `Err` is counted and reported with the entity's name and the
+/// handler's kind, and the agent goes on. A panic is caught at the agent: that entity is marked
+/// failed and the rest of the system keeps running.
+///
+/// The trait is object safe over its input and output types ([`BoxBackend`]), so a running
+/// entity's backend can be swapped for another of the same shape.
+///
+/// # Examples
+///
+/// ```
+/// use sophon::{Backend, BoxError, Context, SystemBuilder};
+///
+/// /// Answers each number with its double.
+/// struct Double;
+///
+/// impl Backend for Double {
+///     type Input = u64;
+///     type Output = u64;
+///
+///     fn query(&mut self, n: u64, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+///         ctx.send(n * 2)?;
+///         Ok(())
+///     }
+/// }
+///
+/// let mut builder = SystemBuilder::new();
+/// let double = builder.entity("double", Double);
+/// let answers = builder.output(&double, "out");
+/// let system = builder.spawn()?;
+///
+/// system.handle(&double).query(21)?;
+/// assert_eq!(answers.recv()?, 42);
+/// let report = system.shutdown(std::time::Duration::from_secs(5));
+/// assert_eq!(report.entity("double").unwrap().stats.handled, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait Backend: Any + Send {
+    /// What the backend takes in.
+    type Input: Send + 'static;
+    /// What the backend sends on to its siblings.
+    type Output: Send + 'static;
+
+    /// Answers an input: send output to siblings with [`Context::send`] or [`Context::send_to`].
+    fn query(&mut self, input: Self::Input, ctx: &mut Context<Self::Output>) -> Result<(), BoxError>;
+
+    /// Takes an input in with no answer. The default ignores it.
+    fn read(&mut self, input: Self::Input, ctx: &mut Context<Self::Output>) -> Result<(), BoxError> {
+        let _ = (input, ctx);
+        Ok(())
+    }
+
+    /// Cleans up: the agent's thread ends after this returns. The default does nothing.
+    fn nop(&mut self, ctx: &mut Context<Self::Output>) -> Result<(), BoxError> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Runs once on the agent's thread before any message, so that a source (a clock, a person at
+    /// a terminal) can send without being asked and set timers. The default does nothing.
+    fn start(&mut self, ctx: &mut Context<Self::Output>) -> Result<(), BoxError> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Runs on the agent's thread when a timer set with [`Context::every`] or [`Context::after`]
+    /// fires. The default does nothing.
+    fn timer(&mut self, timer: TimerId, ctx: &mut Context<Self::Output>) -> Result<(), BoxError> {
+        let _ = (timer, ctx);
+        Ok(())
+    }
+}
+
+/// A backend behind a box, as it is held by a running entity and handed back by a swap.
+pub type BoxBackend<I, O> = Box<dyn Backend<Input = I, Output = O>>;
+
+impl<I: 'static, O: 'static> dyn Backend<Input = I, Output = O> {
+    /// Whether the boxed backend is a `B`.
+    pub fn is<B: Backend>(&self) -> bool {
+        (self as &dyn Any).is::<B>()
+    }
+
+    /// Gets the concrete backend back, for instance from a swap; gives the box back if it is
+    /// not a `B`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sophon::{Backend, BoxBackend, BoxError, Context};
+    ///
+    /// struct Counter(u32);
+    /// impl Backend for Counter {
+    ///     type Input = ();
+    ///     type Output = u32;
+    ///     fn query(&mut self, (): (), ctx: &mut Context<u32>) -> Result<(), BoxError> {
+    ///         self.0 += 1;
+    ///         Ok(ctx.send(self.0)?)
+    ///     }
+    /// }
+    ///
+    /// let boxed: BoxBackend<(), u32> = Box::new(Counter(7));
+    /// let counter: Box<Counter> = boxed.downcast().ok().unwrap();
+    /// assert_eq!(counter.0, 7);
+    /// ```
+    pub fn downcast<B: Backend>(self: Box<Self>) -> Result<Box<B>, Box<Self>> {
+        if self.is::<B>() {
+            let any: Box<dyn Any> = self;
+            Ok(any.downcast().unwrap_or_else(|_| unreachable!("type checked above")))
+        } else {
+            Err(self)
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Building a system: entities, edges, checks, then one thread per entity.
+
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::agent::Agent;
+use crate::backend::{Backend, BoxBackend};
+use crate::context::{EdgeKind, EntityOutlet, OutputOutlet, Sibling};
+use crate::entity::{Core, ErasedPort, Port};
+use crate::err::{BuildError, BuildProblem};
+use crate::graph;
+use crate::system::{Shared, System};
+
+static NEXT_BUILDER: AtomicU64 = AtomicU64::new(0);
+
+/// A typed reference to an entity while a system is being built: used to add edges, and to get
+/// the entity's [`Handle`](crate::Handle) from the running [`System`].
+pub struct Node<I, O> {
+    pub(crate) builder: u64,
+    pub(crate) index: usize,
+    types: PhantomData<fn(I) -> O>,
+}
+
+impl<I, O> Clone for Node<I, O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<I, O> Copy for Node<I, O> {}
+
+impl<I, O> fmt::Debug for Node<I, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+/// Options of one entity, given to [`SystemBuilder::entity_with`].
+///
+/// # Examples
+///
+/// ```
+/// let options = sophon::EntityOptions::new().bounded(64);
+/// assert_eq!(options.capacity(), Some(64));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntityOptions {
+    capacity: Option<usize>,
+}
+
+impl EntityOptions {
+    /// The defaults: an unbounded queue.
+    pub fn new() -> Self {
+        EntityOptions::default()
+    }
+
+    /// Gives the entity a queue that holds at most `capacity` messages: senders wait for room,
+    /// which slows a fast producer down to the entity's pace.
+    pub fn bounded(mut self, capacity: usize) -> Self {
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// The queue's capacity; `None` when unbounded.
+    pub fn capacity(&self) -> Option<usize> {
+        self.capacity
+    }
+}
+
+/// What the builder keeps of an entity until it is spawned.
+trait PendingAgent: Send {
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn run(self: Box<Self>);
+}
+
+impl<I: Send + 'static, O: Send + 'static> PendingAgent for Agent<I, O> {
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn run(self: Box<Self>) {
+        (*self).run();
+    }
+}
+
+struct Pending {
+    name: Arc<str>,
+    port: Arc<dyn ErasedPort>,
+    agent: Box<dyn PendingAgent>,
+}
+
+struct EdgeSpec {
+    from: usize,
+    to: usize,
+    kind: EdgeKind,
+    intended_loop: bool,
+}
+
+/// Builds a system: add entities and edges, then [`spawn`](SystemBuilder::spawn) it.
+///
+/// This is the API `agent_system!` expands to, and the one to use for a graph known only at run
+/// time (loaded from a file, say). Edges are typed: an edge from `a` to `b` compiles only when
+/// `b`'s input can be made from `a`'s output with `From`. Problems the types cannot catch
+/// (duplicate names, duplicate edges, query cycles) are all reported together by `spawn`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use sophon::{Backend, BoxError, Context, SystemBuilder};
+///
+/// struct Upper;
+/// impl Backend for Upper {
+///     type Input = String;
+///     type Output = String;
+///     fn query(&mut self, s: String, ctx: &mut Context<String>) -> Result<(), BoxError> {
+///         Ok(ctx.send(s.to_uppercase())?)
+///     }
+/// }
+///
+/// struct Exclaim;
+/// impl Backend for Exclaim {
+///     type Input = String;
+///     type Output = String;
+///     fn query(&mut self, s: String, ctx: &mut Context<String>) -> Result<(), BoxError> {
+///         Ok(ctx.send(format!("{s}!"))?)
+///     }
+/// }
+///
+/// let mut builder = SystemBuilder::new();
+/// let upper = builder.entity("upper", Upper);
+/// let exclaim = builder.entity("exclaim", Exclaim);
+/// builder.query_edge(&upper, &exclaim);
+/// let out = builder.output(&exclaim, "out");
+/// let system = builder.spawn()?;
+///
+/// system.handle(&upper).query("hello".to_string())?;
+/// assert_eq!(out.recv()?, "HELLO!");
+/// assert!(system.shutdown(Duration::from_secs(5)).is_clean());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct SystemBuilder {
+    id: u64,
+    shared: Arc<Shared>,
+    entities: Vec<Pending>,
+    names: HashMap<Arc<str>, usize>,
+    edges: Vec<EdgeSpec>,
+    problems: Vec<BuildProblem>,
+}
+
+impl fmt::Debug for SystemBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SystemBuilder")
+            .field("entities", &self.entities.iter().map(|e| &e.name).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SystemBuilder {
+    fn default() -> Self {
+        SystemBuilder::new()
+    }
+}
+
+impl SystemBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        SystemBuilder {
+            id: NEXT_BUILDER.fetch_add(1, Ordering::Relaxed),
+            shared: Arc::new(Shared::new()),
+            entities: Vec::new(),
+            names: HashMap::new(),
+            edges: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// Adds an entity running `backend`, with an unbounded queue.
+    pub fn entity<B: Backend>(&mut self, name: &str, backend: B) -> Node<B::Input, B::Output> {
+        self.entity_with(name, backend, EntityOptions::new())
+    }
+
+    /// Adds an entity running `backend`, with `options`.
+    pub fn entity_with<B: Backend>(
+        &mut self,
+        name: &str,
+        backend: B,
+        options: EntityOptions,
+    ) -> Node<B::Input, B::Output> {
+        self.boxed_entity(name, Box::new(backend), options)
+    }
+
+    /// Adds an entity running a backend that is already boxed.
+    pub fn boxed_entity<I: Send + 'static, O: Send + 'static>(
+        &mut self,
+        name: &str,
+        backend: BoxBackend<I, O>,
+        options: EntityOptions,
+    ) -> Node<I, O> {
+        let name: Arc<str> = Arc::from(name);
+        let index = self.entities.len();
+        if self.names.contains_key(&name) {
+            self.problems.push(BuildProblem::DuplicateName { name: name.to_string() });
+        } else {
+            self.names.insert(name.clone(), index);
+        }
+        let (tx, rx) = match options.capacity {
+            Some(capacity) => crossbeam_channel::bounded(capacity),
+            None => crossbeam_channel::unbounded(),
+        };
+        let core = Arc::new(Core::new(name.clone(), self.shared.clone()));
+        let port = Arc::new(Port { core, tx, rx, bounded: options.capacity.is_some() });
+        let agent = Agent::new(port.clone(), backend);
+        self.entities.push(Pending { name, port, agent: Box::new(agent) });
+        Node { builder: self.id, index, types: PhantomData }
+    }
+
+    /// Adds a query edge: `to` gets `from`'s output as a query, and answers it.
+    pub fn query_edge<I, O, I2, O2>(&mut self, from: &Node<I, O>, to: &Node<I2, O2>) -> &mut Self
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+        I2: From<O> + Send + 'static,
+        O2: Send + 'static,
+    {
+        self.edge(from, to, EdgeKind::Query, false)
+    }
+
+    /// Adds a read edge: `to` gets `from`'s output as a read, and answers nothing. A read edge
+    /// is what breaks a loop of queries.
+    pub fn read_edge<I, O, I2, O2>(&mut self, from: &Node<I, O>, to: &Node<I2, O2>) -> &mut Self
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+        I2: From<O> + Send + 'static,
+        O2: Send + 'static,
+    {
+        self.edge(from, to, EdgeKind::Read, false)
+    }
+
+    /// Adds a query edge that closes a loop on purpose, such as a conversation between a person
+    /// and a model, where each answers the other until one asks the system to stop. Cycles of
+    /// query edges are refused unless one of their edges is added this way.
+    pub fn loop_edge<I, O, I2, O2>(&mut self, from: &Node<I, O>, to: &Node<I2, O2>) -> &mut Self
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+        I2: From<O> + Send + 'static,
+        O2: Send + 'static,
+    {
+        self.edge(from, to, EdgeKind::Query, true)
+    }
+
+    fn edge<I, O, I2, O2>(
+        &mut self,
+        from: &Node<I, O>,
+        to: &Node<I2, O2>,
+        kind: EdgeKind,
+        intended_loop: bool,
+    ) -> &mut Self
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+        I2: From<O> + Send + 'static,
+        O2: Send + 'static,
+    {
+        if from.builder != self.id || to.builder != self.id {
+            self.problems.push(BuildProblem::ForeignNode);
+            return self;
+        }
+        let target = &self.entities[to.index];
+        let port =
+            target.port.clone().as_any().downcast::<Port<I2, O2>>().expect("a node's types are those of its entity");
+        let sibling = Sibling::new(target.name.clone(), Some(port.core.id), kind, Box::new(EntityOutlet { port }));
+        self.agent_mut(from).ctx.add_sibling(sibling);
+        self.edges.push(EdgeSpec { from: from.index, to: to.index, kind, intended_loop });
+        self
+    }
+
+    /// Adds an output: a channel out of the system that gets everything `from` sends, as a
+    /// sibling called `name`. Reading it is how code outside the system gets answers.
+    ///
+    /// # Panics
+    ///
+    /// If `from` comes from another builder.
+    pub fn output<I: Send + 'static, O: Send + 'static>(
+        &mut self,
+        from: &Node<I, O>,
+        name: &str,
+    ) -> crossbeam_channel::Receiver<O> {
+        assert_eq!(from.builder, self.id, "the node comes from another builder");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, Box::new(OutputOutlet { tx }));
+        self.agent_mut(from).ctx.add_sibling(sibling);
+        rx
+    }
+
+    fn agent_mut<I: Send + 'static, O: Send + 'static>(&mut self, node: &Node<I, O>) -> &mut Agent<I, O> {
+        self.entities[node.index]
+            .agent
+            .as_any_mut()
+            .downcast_mut::<Agent<I, O>>()
+            .expect("a node's types are those of its entity")
+    }
+
+    /// Checks the graph and starts one thread per entity, named `sophon:<name>`.
+    ///
+    /// Fails with every problem found: duplicate entity names, duplicate edges, nodes of another
+    /// builder, and cycles of query edges not declared with [`loop_edge`](Self::loop_edge).
+    pub fn spawn(mut self) -> Result<System, BuildError> {
+        self.check_edges();
+        if !self.problems.is_empty() {
+            return Err(BuildError::new(self.problems));
+        }
+        let SystemBuilder { id, shared, entities, names, .. } = self;
+        let ports: Vec<_> = entities.iter().map(|e| e.port.clone()).collect();
+        shared.agents_started(entities.len());
+        let mut threads = Vec::with_capacity(entities.len());
+        let mut failed = None;
+        let mut unstarted = 0;
+        for pending in entities {
+            if failed.is_some() {
+                unstarted += 1;
+                continue;
+            }
+            let agent = pending.agent;
+            match std::thread::Builder::new().name(format!("sophon:{}", pending.name)).spawn(move || agent.run()) {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    failed = Some(e);
+                    unstarted += 1;
+                }
+            }
+        }
+        for _ in 0..unstarted {
+            shared.agent_ended();
+        }
+        let system = System::new(id, ports, names, threads, shared);
+        match failed {
+            None => Ok(system),
+            Some(e) => {
+                // Dropping the system stops and joins the agents that did start.
+                drop(system);
+                Err(BuildError::new(vec![BuildProblem::Spawn(e)]))
+            }
+        }
+    }
+
+    fn check_edges(&mut self) {
+        let name = |i: usize| self.entities[i].name.to_string();
+        let mut seen = HashSet::new();
+        for edge in &self.edges {
+            if !seen.insert((edge.from, edge.to)) {
+                self.problems.push(BuildProblem::DuplicateEdge { from: name(edge.from), to: name(edge.to) });
+            }
+        }
+        let queries: Vec<_> = self
+            .edges
+            .iter()
+            .filter(|e| e.kind == EdgeKind::Query && !e.intended_loop)
+            .map(|e| (e.from, e.to))
+            .collect();
+        for cycle in graph::cycles(self.entities.len(), &queries) {
+            let cycle = cycle.into_iter().map(name).collect();
+            self.problems.push(BuildProblem::QueryCycle { cycle });
+        }
+    }
+}

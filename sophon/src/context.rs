@@ -1,0 +1,301 @@
+//! What a handler sees of its agent: its siblings (outgoing edges), its timers, its system.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use uuid::Uuid;
+
+use crate::entity::{Core, Envelope, Port};
+use crate::err::{ErrorKind, SendError};
+
+/// The kind of an outgoing edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EdgeKind {
+    /// The sibling receives this agent's output as a query, and answers it.
+    Query,
+    /// The sibling receives this agent's output as a read, and answers nothing.
+    Read,
+    /// The output leaves the system on a channel (see [`SystemBuilder::output`]).
+    ///
+    /// [`SystemBuilder::output`]: crate::SystemBuilder::output
+    Output,
+}
+
+/// Where an edge delivers: a sibling's queue or an output channel.
+pub(crate) trait Outlet<O>: Send {
+    fn send(&self, kind: EdgeKind, out: O) -> Result<(), (O, ErrorKind)>;
+}
+
+/// An edge into another entity's queue, converting the output into the sibling's input.
+pub(crate) struct EntityOutlet<I, O2> {
+    pub(crate) port: Arc<Port<I, O2>>,
+}
+
+impl<O, I, O2> Outlet<O> for EntityOutlet<I, O2>
+where
+    O: Send,
+    I: From<O> + Send,
+    O2: Send,
+{
+    #[inline]
+    fn send(&self, kind: EdgeKind, out: O) -> Result<(), (O, ErrorKind)> {
+        if let Some(refusal) = self.port.core.state().refusal() {
+            return Err((out, refusal));
+        }
+        let body = I::from(out);
+        let env = match kind {
+            EdgeKind::Read => Envelope::Read(body),
+            _ => Envelope::Query(body),
+        };
+        if self.port.enqueue(env).is_err() {
+            // The sibling stopped while this waited on its full bounded queue: the body has been
+            // converted already, so it is counted as undelivered there rather than given back.
+            self.port.core.counters.undelivered.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+}
+
+/// An edge out of the system, to a channel the user reads.
+pub(crate) struct OutputOutlet<O> {
+    pub(crate) tx: Sender<O>,
+}
+
+impl<O: Send> Outlet<O> for OutputOutlet<O> {
+    #[inline]
+    fn send(&self, _: EdgeKind, out: O) -> Result<(), (O, ErrorKind)> {
+        self.tx.send(out).map_err(|e| (e.into_inner(), ErrorKind::Stopped))
+    }
+}
+
+/// One outgoing edge of an agent.
+pub struct Sibling<O> {
+    name: Arc<str>,
+    id: Option<Uuid>,
+    kind: EdgeKind,
+    outlet: Box<dyn Outlet<O>>,
+}
+
+impl<O> Sibling<O> {
+    pub(crate) fn new(name: Arc<str>, id: Option<Uuid>, kind: EdgeKind, outlet: Box<dyn Outlet<O>>) -> Self {
+        Sibling { name, id, kind, outlet }
+    }
+
+    /// The name of the entity (or output) at the end of the edge.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The id of the entity at the end of the edge; `None` for an output.
+    pub fn id(&self) -> Option<Uuid> {
+        self.id
+    }
+
+    /// Whether the sibling gets this agent's output as a query, a read or an output.
+    pub fn kind(&self) -> EdgeKind {
+        self.kind
+    }
+}
+
+impl<O> fmt::Debug for Sibling<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sibling").field("name", &self.name).field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+/// Identifies a timer set with [`Context::every`] or [`Context::after`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TimerId(u64);
+
+struct Timer {
+    id: TimerId,
+    next: Instant,
+    period: Option<Duration>,
+}
+
+/// What a handler can do besides computing: send to its siblings, set timers, ask the system to
+/// stop.
+///
+/// Every handler of a [`Backend`](crate::Backend) gets the agent's context. It lives on the
+/// agent's thread for as long as the agent runs.
+pub struct Context<O> {
+    siblings: Vec<Sibling<O>>,
+    core: Arc<Core>,
+    /// Mirror of `core.counters.sent`, which only this agent writes.
+    sent: u64,
+    /// Mirror of `core.counters.outputs`.
+    outputs: u64,
+    timers: Vec<Timer>,
+    next_timer: u64,
+}
+
+impl<O> fmt::Debug for Context<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("entity", &self.core.name)
+            .field("siblings", &self.siblings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<O: Send + 'static> Context<O> {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
+        Context { siblings: Vec::new(), core, sent: 0, outputs: 0, timers: Vec::new(), next_timer: 0 }
+    }
+
+    pub(crate) fn add_sibling(&mut self, sibling: Sibling<O>) {
+        self.siblings.push(sibling);
+    }
+
+    /// The name of this agent's entity.
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    /// The id of this agent's entity.
+    pub fn id(&self) -> Uuid {
+        self.core.id
+    }
+
+    /// This agent's outgoing edges, in the order they were added.
+    pub fn siblings(&self) -> impl ExactSizeIterator<Item = &Sibling<O>> {
+        self.siblings.iter()
+    }
+
+    // Counted before anything is enqueued, so that no sibling can be seen to have handled a
+    // message that is not yet seen sent (see `System::quiescent`).
+    #[inline]
+    fn count_sent(&mut self, n: u64) {
+        self.sent += n;
+        self.core.counters.sent.store(self.sent, Ordering::Release);
+    }
+
+    #[inline]
+    fn deliver(
+        sibling: &Sibling<O>,
+        out: O,
+        core: &Core,
+        sent: &mut u64,
+        outputs: &mut u64,
+    ) -> Result<(), SendError<O>> {
+        match sibling.outlet.send(sibling.kind, out) {
+            Ok(()) => {
+                if sibling.kind == EdgeKind::Output {
+                    *outputs += 1;
+                    core.counters.outputs.store(*outputs, Ordering::Release);
+                }
+                Ok(())
+            }
+            Err((body, kind)) => {
+                *sent -= 1;
+                core.counters.sent.store(*sent, Ordering::Release);
+                Err(SendError::new(kind, sibling.name.clone(), body))
+            }
+        }
+    }
+
+    /// Sends `out` to every sibling: each gets a clone, the last one the value itself. With no
+    /// siblings, `out` is dropped.
+    ///
+    /// A sibling that has stopped or failed does not stop the others from getting the message;
+    /// the first refusal is returned, with its copy of the body.
+    pub fn send(&mut self, out: O) -> Result<(), SendError<O>>
+    where
+        O: Clone,
+    {
+        let n = self.siblings.len();
+        if n == 0 {
+            return Ok(());
+        }
+        self.count_sent(n as u64);
+        let mut first_err = None;
+        let (last, rest) = self.siblings.split_last().expect("not empty");
+        for sibling in rest {
+            if let Err(e) = Self::deliver(sibling, out.clone(), &self.core, &mut self.sent, &mut self.outputs) {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Err(e) = Self::deliver(last, out, &self.core, &mut self.sent, &mut self.outputs) {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Sends `out` to the sibling called `name` only, moving it.
+    pub fn send_to(&mut self, name: &str, out: O) -> Result<(), SendError<O>> {
+        let Some(i) = self.siblings.iter().position(|s| &*s.name == name) else {
+            return Err(SendError::new(ErrorKind::UnknownSibling, Arc::from(name), out));
+        };
+        self.count_sent(1);
+        Self::deliver(&self.siblings[i], out, &self.core, &mut self.sent, &mut self.outputs)
+    }
+
+    /// Asks the whole system to stop, as a person typing `/quit` would. The system's owner sees
+    /// the request through [`System::wait_for_stop`](crate::System::wait_for_stop) or
+    /// [`System::join`](crate::System::join), which then shuts the system down gracefully.
+    pub fn stop_system(&self) {
+        self.core.shared.request_stop();
+    }
+
+    /// Sets a timer that fires every `period`, first after one period, on this agent's thread
+    /// (no helper thread). Each firing runs [`Backend::timer`](crate::Backend::timer). Ticks
+    /// missed while the agent was busy are skipped, not queued up. Timers stop when the system
+    /// begins to shut down.
+    pub fn every(&mut self, period: Duration) -> TimerId {
+        self.add_timer(period, Some(period.max(Duration::from_micros(1))))
+    }
+
+    /// Sets a timer that fires once, after `delay`.
+    pub fn after(&mut self, delay: Duration) -> TimerId {
+        self.add_timer(delay, None)
+    }
+
+    fn add_timer(&mut self, delay: Duration, period: Option<Duration>) -> TimerId {
+        let id = TimerId(self.next_timer);
+        self.next_timer += 1;
+        self.timers.push(Timer { id, next: Instant::now() + delay, period });
+        id
+    }
+
+    /// Cancels a timer; returns whether it was still set.
+    pub fn cancel(&mut self, timer: TimerId) -> bool {
+        let before = self.timers.len();
+        self.timers.retain(|t| t.id != timer);
+        self.timers.len() != before
+    }
+
+    pub(crate) fn has_timers(&self) -> bool {
+        !self.timers.is_empty()
+    }
+
+    pub(crate) fn clear_timers(&mut self) {
+        self.timers.clear();
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.timers.iter().map(|t| t.next).min()
+    }
+
+    /// Takes the first timer due at `now`: a periodic one is moved to its next tick, a one-shot
+    /// one is removed.
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<TimerId> {
+        let i = self.timers.iter().position(|t| t.next <= now)?;
+        let timer = &mut self.timers[i];
+        let id = timer.id;
+        match timer.period {
+            Some(period) => {
+                while timer.next <= now {
+                    timer.next += period;
+                }
+            }
+            None => {
+                self.timers.swap_remove(i);
+            }
+        }
+        Some(id)
+    }
+}

@@ -1,0 +1,411 @@
+//! Entities: running instances of backends, their counters, and the typed handles users hold.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_utils::CachePadded;
+use uuid::Uuid;
+
+use crate::backend::{Backend, BoxBackend};
+use crate::err::{Error, ErrorKind, SendError};
+use crate::system::Shared;
+
+/// What travels on an agent's channel.
+pub(crate) enum Envelope<I, O> {
+    Query(I),
+    Read(I),
+    Nop,
+    Swap(Box<SwapRequest<I, O>>),
+}
+
+pub(crate) struct SwapRequest<I, O> {
+    pub(crate) backend: BoxBackend<I, O>,
+    /// `Ok(old)` once swapped; `Err(new)` if the agent ended before it got to the request.
+    pub(crate) reply: Sender<Result<BoxBackend<I, O>, BoxBackend<I, O>>>,
+}
+
+/// Whether an entity is still taking messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntityState {
+    /// The agent is running and takes messages.
+    Running,
+    /// The agent handled a `Nop` and its thread has ended or is ending.
+    Stopped,
+    /// The backend panicked; the entity takes no more messages.
+    Failed,
+}
+
+const RUNNING: u8 = 0;
+const STOPPED: u8 = 1;
+const FAILED: u8 = 2;
+
+impl EntityState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            RUNNING => EntityState::Running,
+            STOPPED => EntityState::Stopped,
+            _ => EntityState::Failed,
+        }
+    }
+
+    pub(crate) fn refusal(self) -> Option<ErrorKind> {
+        match self {
+            EntityState::Running => None,
+            EntityState::Stopped => Some(ErrorKind::Stopped),
+            EntityState::Failed => Some(ErrorKind::Failed),
+        }
+    }
+}
+
+/// Counters of one entity. Each is written by one thread only (its agent), except
+/// `undelivered`, which whoever drains a dead entity's queue adds to.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) received: AtomicU64,
+    pub(crate) handled: AtomicU64,
+    pub(crate) sent: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) panics: AtomicU64,
+    pub(crate) undelivered: AtomicU64,
+    pub(crate) busy_ticks: AtomicU64,
+    pub(crate) max_ticks: AtomicU64,
+    /// Messages sent to outputs (outside the system): done as soon as they are sent.
+    pub(crate) outputs: AtomicU64,
+    /// Runs of `start` and timer handlers begun, and ended; see `System::quiescent`.
+    pub(crate) activations: AtomicU64,
+    pub(crate) activations_done: AtomicU64,
+}
+
+/// The untyped part of an entity, shared by its agent, its siblings, its handles and the system.
+pub(crate) struct Core {
+    pub(crate) id: Uuid,
+    pub(crate) name: Arc<str>,
+    pub(crate) state: AtomicU8,
+    pub(crate) panic: Mutex<Option<String>>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) counters: CachePadded<Counters>,
+}
+
+impl Core {
+    pub(crate) fn new(name: Arc<str>, shared: Arc<Shared>) -> Self {
+        Core {
+            id: Uuid::new_v4(),
+            name,
+            state: AtomicU8::new(RUNNING),
+            panic: Mutex::new(None),
+            shared,
+            counters: CachePadded::new(Counters::default()),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn state(&self) -> EntityState {
+        EntityState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_state(&self, state: EntityState) {
+        let v = match state {
+            EntityState::Running => RUNNING,
+            EntityState::Stopped => STOPPED,
+            EntityState::Failed => FAILED,
+        };
+        self.state.store(v, Ordering::Release);
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let clock = &self.shared.clock;
+        Stats {
+            received: c.received.load(Ordering::Relaxed),
+            handled: c.handled.load(Ordering::Relaxed),
+            sent: c.sent.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            panics: c.panics.load(Ordering::Relaxed),
+            undelivered: c.undelivered.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(clock.delta_as_nanos(0, c.busy_ticks.load(Ordering::Relaxed))),
+            max: Duration::from_nanos(clock.delta_as_nanos(0, c.max_ticks.load(Ordering::Relaxed))),
+        }
+    }
+}
+
+/// Counters of one entity, read through [`Handle::stats`] or in a shutdown [`Report`].
+///
+/// [`Report`]: crate::Report
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Queries and reads the agent took from its queue.
+    pub received: u64,
+    /// Queries and reads whose handler returned, with `Ok` or `Err`.
+    pub handled: u64,
+    /// Messages the backend sent to siblings and outputs.
+    pub sent: u64,
+    /// Handlers (of any kind) that returned `Err`.
+    pub errors: u64,
+    /// Handlers that panicked (at most one: a panic ends the entity).
+    pub panics: u64,
+    /// Messages queued for this entity that it never handled because it stopped, failed or the
+    /// shutdown deadline passed. They are counted here, never silently dropped.
+    pub undelivered: u64,
+    /// Total time spent handling queries and reads.
+    pub busy: Duration,
+    /// The longest time one query or read took.
+    pub max: Duration,
+}
+
+/// The typed part of an entity: its queue.
+pub(crate) struct Port<I, O> {
+    pub(crate) core: Arc<Core>,
+    pub(crate) tx: Sender<Envelope<I, O>>,
+    /// Kept here as well as by the agent so that a stopped or failed entity's queue can still be
+    /// drained and counted as undelivered, and so that sends never see a disconnected channel.
+    pub(crate) rx: Receiver<Envelope<I, O>>,
+    pub(crate) bounded: bool,
+}
+
+impl<I, O> Port<I, O> {
+    /// Enqueues without any check; blocks on a full bounded queue until there is room or the
+    /// entity stops taking messages.
+    pub(crate) fn enqueue(&self, env: Envelope<I, O>) -> Result<(), (Envelope<I, O>, ErrorKind)> {
+        if !self.bounded {
+            // The port holds a receiver, so the channel cannot be disconnected.
+            return self.tx.send(env).map_err(|e| (e.into_inner(), ErrorKind::Stopped));
+        }
+        let mut env = env;
+        loop {
+            match self.tx.send_timeout(env, Duration::from_millis(10)) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    env = e.into_inner();
+                    if let Some(kind) = self.core.state().refusal() {
+                        return Err((env, kind));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a query or read from outside the system.
+    pub(crate) fn send_external(&self, env: Envelope<I, O>) -> Result<(), (Envelope<I, O>, ErrorKind)> {
+        if let Some(kind) = self.core.state().refusal() {
+            return Err((env, kind));
+        }
+        let external = &self.core.shared.external;
+        // Counted before it is enqueued, so that it can never be seen handled before it is seen
+        // sent (see `System::quiescent`).
+        external.fetch_add(1, Ordering::AcqRel);
+        self.enqueue(env).inspect_err(|_| {
+            external.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
+
+    /// Takes everything left in the queue and counts queries and reads as undelivered.
+    pub(crate) fn drain(&self) -> u64 {
+        let mut n = 0;
+        while let Ok(env) = self.rx.try_recv() {
+            match env {
+                Envelope::Query(_) | Envelope::Read(_) => n += 1,
+                Envelope::Nop => {}
+                Envelope::Swap(req) => {
+                    let _ = req.reply.send(Err(req.backend));
+                }
+            }
+        }
+        if n > 0 {
+            self.core.counters.undelivered.fetch_add(n, Ordering::AcqRel);
+        }
+        n
+    }
+}
+
+/// What the system needs of a port without knowing its types.
+pub(crate) trait ErasedPort: Send + Sync {
+    fn core(&self) -> &Core;
+    fn drain(&self) -> u64;
+    fn send_nop(&self);
+    fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+impl<I: Send + 'static, O: Send + 'static> ErasedPort for Port<I, O> {
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn drain(&self) -> u64 {
+        Port::drain(self)
+    }
+
+    fn send_nop(&self) {
+        let _ = self.enqueue(Envelope::Nop);
+    }
+
+    fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+}
+
+/// A typed, cloneable, weak handle to an entity.
+///
+/// It sends queries and reads from outside the system, reads the entity's id, name, state and
+/// counters, stops the entity and swaps its backend. It does not keep the system alive: once the
+/// system is gone every operation returns an error ([`ErrorKind::SystemGone`]), never a panic.
+/// Its id and name stay readable.
+pub struct Handle<I, O> {
+    port: Weak<Port<I, O>>,
+    id: Uuid,
+    name: Arc<str>,
+}
+
+impl<I, O> Clone for Handle<I, O> {
+    fn clone(&self) -> Self {
+        Handle { port: self.port.clone(), id: self.id, name: self.name.clone() }
+    }
+}
+
+impl<I, O> fmt::Debug for Handle<I, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle").field("name", &self.name).field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
+    pub(crate) fn new(port: &Arc<Port<I, O>>) -> Self {
+        Handle { port: Arc::downgrade(port), id: port.core.id, name: port.core.name.clone() }
+    }
+
+    fn port(&self) -> Result<Arc<Port<I, O>>, Error> {
+        self.port.upgrade().ok_or_else(|| Error::new(ErrorKind::SystemGone, self.name.clone()))
+    }
+
+    /// The entity's id, made when it was created.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The entity's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends a query: the entity's backend answers it to its siblings.
+    ///
+    /// On a bounded queue this waits for room. It fails, giving the body back, when the entity
+    /// has stopped or failed or its system is gone.
+    pub fn query(&self, body: I) -> Result<(), SendError<I>> {
+        self.send_body(body, Envelope::Query)
+    }
+
+    /// Sends a read: the entity takes the body in and answers nothing.
+    pub fn read(&self, body: I) -> Result<(), SendError<I>> {
+        self.send_body(body, Envelope::Read)
+    }
+
+    fn send_body(&self, body: I, wrap: fn(I) -> Envelope<I, O>) -> Result<(), SendError<I>> {
+        let Some(port) = self.port.upgrade() else {
+            return Err(SendError::new(ErrorKind::SystemGone, self.name.clone(), body));
+        };
+        port.send_external(wrap(body)).map_err(|(env, kind)| match env {
+            Envelope::Query(body) | Envelope::Read(body) => SendError::new(kind, self.name.clone(), body),
+            _ => unreachable!("only bodies are sent here"),
+        })
+    }
+
+    /// Sends `Nop`: the entity handles what is queued before it, cleans up and its thread ends.
+    /// The rest of the system keeps running; later sends to this entity fail.
+    pub fn stop(&self) -> Result<(), Error> {
+        let port = self.port()?;
+        match port.core.state().refusal() {
+            Some(kind) => Err(Error::new(kind, self.name.clone())),
+            None => port.enqueue(Envelope::Nop).map_err(|(_, kind)| Error::new(kind, self.name.clone())),
+        }
+    }
+
+    /// Whether the entity is running, stopped or failed.
+    pub fn state(&self) -> Result<EntityState, Error> {
+        Ok(self.port()?.core.state())
+    }
+
+    /// The entity's counters now.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        Ok(self.port()?.core.stats())
+    }
+
+    /// Swaps the entity's backend for `backend` and hands the old one back.
+    ///
+    /// The swap takes its place in the entity's queue: every message queued before it is handled
+    /// by the old backend, every one after by the new, none is lost or handled twice, and the old
+    /// backend is never dropped in the middle of a message. This waits until the agent reaches
+    /// the swap. If the entity stops or fails first, the new backend is given back in the error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sophon::{Backend, BoxError, Context, SystemBuilder};
+    ///
+    /// struct Add(i64);
+    /// impl Backend for Add {
+    ///     type Input = i64;
+    ///     type Output = i64;
+    ///     fn query(&mut self, n: i64, ctx: &mut Context<i64>) -> Result<(), BoxError> {
+    ///         Ok(ctx.send(n + self.0)?)
+    ///     }
+    /// }
+    ///
+    /// let mut builder = SystemBuilder::new();
+    /// let add = builder.entity("add", Add(1));
+    /// let out = builder.output(&add, "out");
+    /// let system = builder.spawn()?;
+    /// let handle = system.handle(&add);
+    ///
+    /// handle.query(10)?;
+    /// let old = handle.swap(Add(100))?;
+    /// handle.query(10)?;
+    /// assert_eq!(out.iter().take(2).collect::<Vec<_>>(), [11, 110]);
+    /// assert_eq!(old.downcast::<Add>().ok().unwrap().0, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn swap<B>(&self, backend: B) -> Result<BoxBackend<I, O>, SendError<BoxBackend<I, O>>>
+    where
+        B: Backend<Input = I, Output = O>,
+    {
+        self.swap_boxed(Box::new(backend))
+    }
+
+    /// [`swap`](Handle::swap) for a backend that is already boxed.
+    pub fn swap_boxed(&self, backend: BoxBackend<I, O>) -> Result<BoxBackend<I, O>, SendError<BoxBackend<I, O>>> {
+        let Some(port) = self.port.upgrade() else {
+            return Err(SendError::new(ErrorKind::SystemGone, self.name.clone(), backend));
+        };
+        if let Some(kind) = port.core.state().refusal() {
+            return Err(SendError::new(kind, self.name.clone(), backend));
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let request = Envelope::Swap(Box::new(SwapRequest { backend, reply }));
+        if let Err((env, kind)) = port.enqueue(request) {
+            let Envelope::Swap(req) = env else { unreachable!("a swap was sent") };
+            return Err(SendError::new(kind, self.name.clone(), req.backend));
+        }
+        loop {
+            match answer.recv_timeout(Duration::from_millis(20)) {
+                Ok(Ok(old)) => return Ok(old),
+                Ok(Err(new)) => {
+                    let kind = port.core.state().refusal().unwrap_or(ErrorKind::Stopped);
+                    return Err(SendError::new(kind, self.name.clone(), new));
+                }
+                // The agent ended without reaching the request: take it back out of the queue,
+                // which answers it with the new backend.
+                Err(RecvTimeoutError::Timeout) if port.core.state() != EntityState::Running => {
+                    port.drain();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    unreachable!("the request sits in a queue this handle keeps alive until it is answered")
+                }
+            }
+        }
+    }
+}

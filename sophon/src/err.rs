@@ -1,0 +1,259 @@
+//! Error types. They are small, their `Display` text is lowercase, and their `Debug` never
+//! requires the message body to be `Debug`.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+/// The error type backend handlers return: any error that can cross threads.
+///
+/// Handlers return `Result<(), BoxError>`, so `?` works on any error type.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Why an entity refused a message or an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The system the entity belonged to has been shut down and dropped.
+    SystemGone,
+    /// The entity has stopped: it handled a `Nop`, or its system is shutting down.
+    Stopped,
+    /// The entity's backend panicked; the entity takes no more messages.
+    Failed,
+    /// The entity has no sibling of that name.
+    UnknownSibling,
+}
+
+impl ErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::SystemGone => "its system is gone",
+            ErrorKind::Stopped => "it has stopped",
+            ErrorKind::Failed => "it has failed",
+            ErrorKind::UnknownSibling => "there is no sibling of that name",
+        }
+    }
+}
+
+/// An operation on an entity that could not be done (see [`ErrorKind`]).
+///
+/// # Examples
+///
+/// ```
+/// use sophon::{ErrorKind, SystemBuilder};
+/// # use sophon::{Backend, BoxError, Context};
+/// # struct Echo;
+/// # impl Backend for Echo {
+/// #     type Input = u32;
+/// #     type Output = u32;
+/// #     fn query(&mut self, n: u32, ctx: &mut Context<u32>) -> Result<(), BoxError> {
+/// #         Ok(ctx.send(n)?)
+/// #     }
+/// # }
+///
+/// let mut builder = SystemBuilder::new();
+/// let echo = builder.entity("echo", Echo);
+/// let system = builder.spawn()?;
+/// let handle = system.handle(&echo);
+/// drop(system);
+/// let err = handle.stats().unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::SystemGone);
+/// assert_eq!(err.to_string(), "cannot reach `echo`: its system is gone");
+/// # Ok::<(), sophon::BuildError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    entity: Arc<str>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, entity: Arc<str>) -> Self {
+        Error { kind, entity }
+    }
+
+    /// Why the operation failed.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The name of the entity the operation was for.
+    pub fn entity(&self) -> &str {
+        &self.entity
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot reach `{}`: {}", self.entity, self.kind.describe())
+    }
+}
+
+impl StdError for Error {}
+
+/// A message that could not be sent. It gives the body back.
+///
+/// # Examples
+///
+/// ```
+/// use sophon::{ErrorKind, SystemBuilder};
+/// # use sophon::{Backend, BoxError, Context};
+/// # struct Echo;
+/// # impl Backend for Echo {
+/// #     type Input = String;
+/// #     type Output = String;
+/// #     fn query(&mut self, s: String, ctx: &mut Context<String>) -> Result<(), BoxError> {
+/// #         Ok(ctx.send(s)?)
+/// #     }
+/// # }
+///
+/// let mut builder = SystemBuilder::new();
+/// let echo = builder.entity("echo", Echo);
+/// let system = builder.spawn()?;
+/// let handle = system.handle(&echo);
+/// handle.stop()?;
+/// system.shutdown(std::time::Duration::from_secs(5));
+/// let err = handle.query("lost?".to_string()).unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::SystemGone);
+/// assert_eq!(err.into_body(), "lost?"); // nothing is silently dropped
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct SendError<T> {
+    kind: ErrorKind,
+    target: Arc<str>,
+    body: T,
+}
+
+impl<T> SendError<T> {
+    pub(crate) fn new(kind: ErrorKind, target: Arc<str>, body: T) -> Self {
+        SendError { kind, target, body }
+    }
+
+    /// Why the message was refused.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The name of the entity (or sibling) the message was for.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The body that was not sent.
+    pub fn into_body(self) -> T {
+        self.body
+    }
+
+    /// Drops the body, keeping the reason.
+    pub fn without_body(self) -> Error {
+        Error::new(self.kind, self.target)
+    }
+}
+
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendError").field("kind", &self.kind).field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot send to `{}`: {}", self.target, self.kind.describe())
+    }
+}
+
+impl<T> StdError for SendError<T> {}
+
+/// Why a system could not be built. It lists every problem found, not only the first.
+#[derive(Debug)]
+pub struct BuildError {
+    problems: Vec<BuildProblem>,
+}
+
+impl BuildError {
+    pub(crate) fn new(problems: Vec<BuildProblem>) -> Self {
+        BuildError { problems }
+    }
+
+    /// Every problem found, in the order the builder met them.
+    pub fn problems(&self) -> &[BuildProblem] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for BuildError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.problems.iter().find_map(|p| match p {
+            BuildProblem::Spawn(e) => Some(e as &(dyn StdError + 'static)),
+            _ => None,
+        })
+    }
+}
+
+/// One problem found while building a system.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildProblem {
+    /// Two entities have the same name.
+    DuplicateName {
+        /// The name given twice.
+        name: String,
+    },
+    /// The same edge was added twice.
+    DuplicateEdge {
+        /// Where the edge starts.
+        from: String,
+        /// Where the edge ends.
+        to: String,
+    },
+    /// A node from another builder was used.
+    ForeignNode,
+    /// Query edges form a cycle that was not declared as an intended loop.
+    QueryCycle {
+        /// The entities on the cycle, in order; the edge from the last goes back to the first.
+        cycle: Vec<String>,
+    },
+    /// The operating system refused to start an agent's thread.
+    Spawn(std::io::Error),
+}
+
+impl fmt::Display for BuildProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildProblem::DuplicateName { name } => {
+                write!(f, "entity `{name}` is defined more than once; give each entity its own name")
+            }
+            BuildProblem::DuplicateEdge { from, to } => {
+                write!(f, "edge `{from} -> {to}` is added more than once; remove the repeated edge")
+            }
+            BuildProblem::ForeignNode => {
+                f.write_str("a node from another builder was used; use the nodes this builder returned")
+            }
+            BuildProblem::QueryCycle { cycle } => {
+                let mut path = cycle.join(" -> ");
+                if let Some(first) = cycle.first() {
+                    path.push_str(" -> ");
+                    path.push_str(first);
+                }
+                write!(
+                    f,
+                    "query edges `{path}` form a cycle; make one of them a read edge, \
+                     or declare it with `loop_edge` if the loop is intended"
+                )
+            }
+            BuildProblem::Spawn(e) => write!(f, "cannot start an agent thread: {e}"),
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Declare graphs of communicating agents and run them.
+//!
+//! An agent is any component that takes messages and answers them: a language model, a person at
+//! a terminal, a database, a clock. sophon treats them all alike:
+//!
+//! - A [`Backend`] is what a component implements: a handler for each kind of [`Message`]
+//!   (`Query`, answered to the agent's siblings; `Read`, taken in with no answer; `Nop`, clean
+//!   up and stop). Message bodies are your own types.
+//! - An entity is one running instance of a backend, with a UUID. You hold it through typed,
+//!   weak [`Handle`]s, and can swap its backend while the system runs.
+//! - An agent is an entity's thread (`sophon:<name>`): it waits on its crossbeam channel, runs
+//!   the backend and sends to its siblings, its outgoing edges.
+//! - A [`System`] is entities plus edges, built with [`SystemBuilder`] (or declared with the
+//!   `agent_system!` macro, which expands to the builder).
+//!
+//! # Hello, world!
+//!
+//! ```
+//! use std::time::Duration;
+//! use sophon::{Backend, BoxError, Context, SystemBuilder};
+//!
+//! /// Greets whoever it is asked about.
+//! struct Greeter;
+//!
+//! impl Backend for Greeter {
+//!     type Input = String;
+//!     type Output = String;
+//!
+//!     fn query(&mut self, name: String, ctx: &mut Context<String>) -> Result<(), BoxError> {
+//!         ctx.send(format!("Hello, {name}!"))?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let mut builder = SystemBuilder::new();
+//! let greeter = builder.entity("greeter", Greeter);
+//! let greetings = builder.output(&greeter, "out");
+//! let system = builder.spawn()?;
+//!
+//! system.handle(&greeter).query("world".to_string())?;
+//! assert_eq!(greetings.recv()?, "Hello, world!");
+//!
+//! let report = system.shutdown(Duration::from_secs(5));
+//! assert_eq!(report.entity("greeter").unwrap().stats.handled, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Failures are contained
+//!
+//! A handler's `Err` is counted and reported (see [`System::failures`] and [`Report`]) and the
+//! agent goes on. A panic is caught at the agent: that entity is marked failed, what was queued
+//! for it is counted as undelivered, and the rest of the system keeps running. Sending to a
+//! stopped or failed entity returns an error that gives the body back.
+//!
+//! # Shutting down
+//!
+//! [`System::shutdown`] waits until nothing is queued or being handled anywhere, then stops every
+//! agent and joins its thread; past its deadline what is still queued is reported as
+//! undelivered, never silently dropped. Dropping a `System` does the same.
+#![warn(missing_docs)]
+#![doc(test(attr(deny(warnings))))]
+
+#[allow(unused_extern_crates, reason = "lets `::sophon::` paths of macro expansions resolve inside this crate")]
+extern crate self as sophon;
+
+mod agent;
+mod backend;
+mod builder;
+mod context;
+mod entity;
+mod err;
+mod graph;
+mod message;
+mod system;
+
+pub use crate::backend::{Backend, BoxBackend};
+pub use crate::builder::{EntityOptions, Node, SystemBuilder};
+pub use crate::context::{Context, EdgeKind, Sibling, TimerId};
+pub use crate::entity::{EntityState, Handle, Stats};
+pub use crate::err::{BoxError, BuildError, BuildProblem, Error, ErrorKind, SendError};
+pub use crate::message::{HandlerKind, Message};
+pub use crate::system::{DEFAULT_SHUTDOWN_DEADLINE, EntityReport, Failure, Report, System};
+
+/// Re-exported so that users need not depend on it to read outputs or take `Uuid`s.
+pub use crossbeam_channel;
+pub use uuid::Uuid;
