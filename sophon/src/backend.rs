@@ -1,6 +1,7 @@
 //! The trait every component implements.
 
 use std::any::Any;
+use std::fmt;
 
 use crate::context::{Context, TimerId};
 use crate::err::BoxError;
@@ -85,12 +86,23 @@ pub trait Backend: Any + Send {
         let _ = (timer, ctx);
         Ok(())
     }
+
+    /// The backend's type name, shown when a boxed backend is debug-printed.
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<Self>()
+    }
 }
 
 /// A backend behind a box, as it is held by a running entity and handed back by a swap.
 pub type BoxBackend<I, O> = Box<dyn Backend<Input = I, Output = O>>;
 
-impl<I: 'static, O: 'static> dyn Backend<Input = I, Output = O> {
+impl<I: Send + 'static, O: Send + 'static> fmt::Debug for dyn Backend<Input = I, Output = O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.type_name())
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> dyn Backend<Input = I, Output = O> {
     /// Whether the boxed backend is a `B`.
     pub fn is<B: Backend>(&self) -> bool {
         (self as &dyn Any).is::<B>()

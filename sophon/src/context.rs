@@ -9,7 +9,7 @@ use crossbeam_channel::Sender;
 use uuid::Uuid;
 
 use crate::entity::{Core, Envelope, Port};
-use crate::err::{ErrorKind, SendError};
+use crate::err::{Error, ErrorKind};
 
 /// The kind of an outgoing edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -181,7 +181,7 @@ impl<O: Send + 'static> Context<O> {
         core: &Core,
         sent: &mut u64,
         outputs: &mut u64,
-    ) -> Result<(), SendError<O>> {
+    ) -> Result<(), Error> {
         match sibling.outlet.send(sibling.kind, out) {
             Ok(()) => {
                 if sibling.kind == EdgeKind::Output {
@@ -190,10 +190,10 @@ impl<O: Send + 'static> Context<O> {
                 }
                 Ok(())
             }
-            Err((body, kind)) => {
+            Err((_, kind)) => {
                 *sent -= 1;
                 core.counters.sent.store(*sent, Ordering::Release);
-                Err(SendError::new(kind, sibling.name.clone(), body))
+                Err(Error::new(kind, sibling.name.clone()))
             }
         }
     }
@@ -202,8 +202,9 @@ impl<O: Send + 'static> Context<O> {
     /// siblings, `out` is dropped.
     ///
     /// A sibling that has stopped or failed does not stop the others from getting the message;
-    /// the first refusal is returned, with its copy of the body.
-    pub fn send(&mut self, out: O) -> Result<(), SendError<O>>
+    /// the first refusal is returned. The error is `Send + Sync` whatever `O` is, so `?` turns it
+    /// into the handler's [`BoxError`](crate::BoxError).
+    pub fn send(&mut self, out: O) -> Result<(), Error>
     where
         O: Clone,
     {
@@ -226,9 +227,9 @@ impl<O: Send + 'static> Context<O> {
     }
 
     /// Sends `out` to the sibling called `name` only, moving it.
-    pub fn send_to(&mut self, name: &str, out: O) -> Result<(), SendError<O>> {
+    pub fn send_to(&mut self, name: &str, out: O) -> Result<(), Error> {
         let Some(i) = self.siblings.iter().position(|s| &*s.name == name) else {
-            return Err(SendError::new(ErrorKind::UnknownSibling, Arc::from(name), out));
+            return Err(Error::new(ErrorKind::UnknownSibling, Arc::from(name)));
         };
         self.count_sent(1);
         Self::deliver(&self.siblings[i], out, &self.core, &mut self.sent, &mut self.outputs)
@@ -280,10 +281,10 @@ impl<O: Send + 'static> Context<O> {
         self.timers.iter().map(|t| t.next).min()
     }
 
-    /// Takes the first timer due at `now`: a periodic one is moved to its next tick, a one-shot
-    /// one is removed.
+    /// Takes the earliest timer due at `now`: a periodic one is moved to its next tick, a
+    /// one-shot one is removed.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<TimerId> {
-        let i = self.timers.iter().position(|t| t.next <= now)?;
+        let (i, _) = self.timers.iter().enumerate().filter(|(_, t)| t.next <= now).min_by_key(|(_, t)| t.next)?;
         let timer = &mut self.timers[i];
         let id = timer.id;
         match timer.period {

@@ -1,0 +1,45 @@
+//! Small backends shared by the runtime tests.
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use sophon::{Backend, BoxError, Context};
+
+/// A backend made of a query closure; reads are ignored.
+pub(crate) struct FromFn<I, O, F> {
+    f: F,
+    types: PhantomData<fn(I) -> O>,
+}
+
+pub(crate) fn from_fn<I, O, F>(f: F) -> FromFn<I, O, F>
+where
+    F: FnMut(I, &mut Context<O>) -> Result<(), BoxError> + Send + 'static,
+{
+    FromFn { f, types: PhantomData }
+}
+
+impl<I, O, F> fmt::Debug for FromFn<I, O, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FromFn")
+    }
+}
+
+impl<I, O, F> Backend for FromFn<I, O, F>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    F: FnMut(I, &mut Context<O>) -> Result<(), BoxError> + Send + 'static,
+{
+    type Input = I;
+    type Output = O;
+
+    fn query(&mut self, input: I, ctx: &mut Context<O>) -> Result<(), BoxError> {
+        (self.f)(input, ctx)
+    }
+}
+
+/// Sends every query on unchanged.
+pub(crate) fn pass<T: Clone + Send + 'static>() -> impl Backend<Input = T, Output = T> {
+    from_fn(|x: T, ctx: &mut Context<T>| Ok(ctx.send(x)?))
+}

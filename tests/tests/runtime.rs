@@ -1,0 +1,617 @@
+//! The runtime's behaviours, end to end, through the public builder API.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{from_fn, pass};
+use sophon::{
+    Backend, BoxError, BuildProblem, Context, EntityOptions, EntityState, ErrorKind, HandlerKind, SystemBuilder,
+    TimerId,
+};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[test]
+fn pipeline_delivers_every_message_once_and_in_order() {
+    const N: u64 = 100_000;
+    let mut b = SystemBuilder::new();
+    let stages: Vec<_> = (0..4).map(|i| b.entity(&format!("stage{i}"), pass::<u64>())).collect();
+    for pair in stages.windows(2) {
+        b.query_edge(&pair[0], &pair[1]);
+    }
+    let out = b.output(&stages[3], "out");
+    let system = b.spawn().unwrap();
+    let first = system.handle(&stages[0]);
+    for i in 0..N {
+        first.query(i).unwrap();
+    }
+    let got: Vec<u64> = out.iter().take(N as usize).collect();
+    assert!(got.iter().copied().eq(0..N), "messages arrived out of order or changed");
+    let report = system.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    assert!(out.try_recv().is_err(), "a message arrived twice");
+    for e in &report.entities {
+        assert_eq!((e.stats.received, e.stats.handled, e.stats.sent), (N, N, N), "{}", e.name);
+        assert_eq!(e.state, EntityState::Stopped);
+    }
+}
+
+#[test]
+fn broadcast_reaches_every_sibling() {
+    let mut b = SystemBuilder::new();
+    let source = b.entity("source", pass::<String>());
+    let outs: Vec<_> = (0..3)
+        .map(|i| {
+            let sink = b.entity(&format!("sink{i}"), pass::<String>());
+            b.query_edge(&source, &sink);
+            b.output(&sink, "out")
+        })
+        .collect();
+    let system = b.spawn().unwrap();
+    for word in ["a", "b", "c"] {
+        system.handle(&source).query(word.to_string()).unwrap();
+    }
+    for out in &outs {
+        assert_eq!(out.iter().take(3).collect::<Vec<_>>(), ["a", "b", "c"]);
+    }
+    let report = system.shutdown(DEADLINE);
+    assert_eq!(report.entity("source").unwrap().stats.sent, 9);
+    assert!(report.is_clean(), "{report}");
+}
+
+/// Remembers what it reads; answers a query with everything it has read so far.
+struct Memory(Vec<String>);
+
+impl Backend for Memory {
+    type Input = String;
+    type Output = String;
+
+    fn query(&mut self, q: String, ctx: &mut Context<String>) -> Result<(), BoxError> {
+        Ok(ctx.send(format!("{q}: {}", self.0.join(",")))?)
+    }
+
+    fn read(&mut self, r: String, _: &mut Context<String>) -> Result<(), BoxError> {
+        self.0.push(r);
+        Ok(())
+    }
+}
+
+#[test]
+fn read_is_taken_in_and_answers_nothing() {
+    let mut b = SystemBuilder::new();
+    let source = b.entity("source", pass::<String>());
+    let asked = b.entity("asked", Memory(Vec::new()));
+    let told = b.entity("told", Memory(Vec::new()));
+    b.query_edge(&source, &asked).read_edge(&source, &told);
+    let asked_out = b.output(&asked, "out");
+    let told_out = b.output(&told, "out");
+    let system = b.spawn().unwrap();
+
+    system.handle(&source).query("x".to_string()).unwrap();
+    system.handle(&source).query("y".to_string()).unwrap();
+    assert_eq!(asked_out.iter().take(2).collect::<Vec<_>>(), ["x: ", "y: "]);
+    // `told` got both as reads: it answered nothing, but remembers them.
+    system.handle(&told).query("what".to_string()).unwrap();
+    assert_eq!(told_out.recv().unwrap(), "what: x,y");
+    let report = system.shutdown(DEADLINE);
+    assert!(told_out.try_recv().is_err(), "a read produced output");
+    assert_eq!(report.entity("told").unwrap().stats.handled, 3);
+    assert_eq!(report.entity("told").unwrap().stats.sent, 1);
+}
+
+/// Counts its cleanups.
+struct Cleans(Arc<AtomicU64>);
+
+impl Backend for Cleans {
+    type Input = u32;
+    type Output = u32;
+
+    fn query(&mut self, n: u32, ctx: &mut Context<u32>) -> Result<(), BoxError> {
+        Ok(ctx.send(n)?)
+    }
+
+    fn nop(&mut self, _: &mut Context<u32>) -> Result<(), BoxError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[test]
+fn nop_ends_exactly_its_agent() {
+    let cleanups: Vec<_> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let mut b = SystemBuilder::new();
+    let nodes: Vec<_> = (0..3).map(|i| b.entity(&format!("e{i}"), Cleans(cleanups[i].clone()))).collect();
+    let outs: Vec<_> = nodes.iter().map(|n| b.output(n, "out")).collect();
+    let system = b.spawn().unwrap();
+    let handles: Vec<_> = nodes.iter().map(|n| system.handle(n)).collect();
+
+    handles[1].query(7).unwrap();
+    handles[1].stop().unwrap();
+    assert_eq!(outs[1].recv().unwrap(), 7, "what was queued before the nop is handled");
+    let start = Instant::now();
+    while handles[1].state().unwrap() != EntityState::Stopped {
+        assert!(start.elapsed() < DEADLINE);
+        std::thread::yield_now();
+    }
+    assert_eq!(cleanups[1].load(Ordering::SeqCst), 1);
+    assert_eq!(handles[1].query(8).unwrap_err().kind(), ErrorKind::Stopped);
+    assert_eq!(handles[1].stop().unwrap_err().kind(), ErrorKind::Stopped);
+    for i in [0, 2] {
+        assert_eq!(handles[i].state().unwrap(), EntityState::Running);
+        handles[i].query(i as u32).unwrap();
+        assert_eq!(outs[i].recv().unwrap(), i as u32);
+        assert_eq!(cleanups[i].load(Ordering::SeqCst), 0);
+    }
+    let report = system.shutdown(DEADLINE);
+    assert!(cleanups.iter().all(|c| c.load(Ordering::SeqCst) == 1), "every backend cleans up exactly once");
+    assert!(report.is_clean(), "{report}");
+}
+
+#[test]
+fn shutdown_waits_for_messages_in_flight() {
+    const N: u32 = 300;
+    let mut b = SystemBuilder::new();
+    let fast = b.entity("fast", pass::<u32>());
+    let slow = b.entity(
+        "slow",
+        from_fn(|n: u32, ctx: &mut Context<u32>| {
+            std::thread::sleep(Duration::from_micros(200));
+            Ok(ctx.send(n)?)
+        }),
+    );
+    let last = b.entity("last", pass::<u32>());
+    b.query_edge(&fast, &slow).query_edge(&slow, &last);
+    let out = b.output(&last, "out");
+    let system = b.spawn().unwrap();
+    for i in 0..N {
+        system.handle(&fast).query(i).unwrap();
+    }
+    // Most messages are still queued at `slow` when the shutdown begins.
+    let report = system.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(out.try_iter().collect::<Vec<_>>(), (0..N).collect::<Vec<_>>());
+}
+
+#[test]
+fn past_the_deadline_what_is_queued_is_reported_undelivered() {
+    let mut b = SystemBuilder::new();
+    let stuck = b.entity(
+        "stuck",
+        from_fn(|_: u32, _: &mut Context<u32>| {
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(())
+        }),
+    );
+    let system = b.spawn().unwrap();
+    for i in 0..10 {
+        system.handle(&stuck).query(i).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let report = system.shutdown(Duration::from_millis(50));
+    assert!(report.timed_out);
+    let stats = report.entity("stuck").unwrap().stats;
+    assert!(stats.undelivered >= 8, "{stats:?}");
+    assert_eq!(stats.handled + stats.undelivered, 10, "every message is accounted for: {stats:?}");
+}
+
+#[test]
+fn an_erroring_backend_is_reported_and_goes_on() {
+    let mut b = SystemBuilder::new();
+    let picky = b.entity(
+        "picky",
+        from_fn(|n: u32, ctx: &mut Context<u32>| {
+            if n % 2 == 1 {
+                return Err(format!("odd number {n}").into());
+            }
+            Ok(ctx.send(n)?)
+        }),
+    );
+    let other = b.entity("other", pass::<u32>());
+    let picky_out = b.output(&picky, "out");
+    let other_out = b.output(&other, "out");
+    let system = b.spawn().unwrap();
+    let failures = system.failures();
+    for n in 0..6 {
+        system.handle(&picky).query(n).unwrap();
+        system.handle(&other).query(n).unwrap();
+    }
+    assert_eq!(picky_out.iter().take(3).collect::<Vec<_>>(), [0, 2, 4]);
+    assert_eq!(other_out.iter().take(6).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);
+    let first = failures.recv().unwrap();
+    assert_eq!((first.entity.as_str(), first.kind, first.panicked), ("picky", HandlerKind::Query, false));
+    assert_eq!(first.to_string(), "`picky` failed in its query handler: odd number 1");
+    let report = system.shutdown(DEADLINE);
+    let stats = report.entity("picky").unwrap().stats;
+    assert_eq!((stats.handled, stats.errors, stats.panics), (6, 3, 0));
+    assert_eq!(report.entity("picky").unwrap().state, EntityState::Stopped);
+    assert_eq!(report.failures.len(), 2, "the first failure was taken from the live receiver");
+}
+
+#[test]
+fn a_panicking_backend_fails_alone_and_nothing_is_silently_dropped() {
+    let release = Arc::new(AtomicBool::new(false));
+    let mut b = SystemBuilder::new();
+    let feeder = b.entity("feeder", pass::<u32>());
+    let gate = release.clone();
+    let fragile = b.entity(
+        "fragile",
+        from_fn(move |n: u32, ctx: &mut Context<u32>| {
+            while !gate.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            if n == 2 {
+                panic!("cannot take {n}");
+            }
+            Ok(ctx.send(n)?)
+        }),
+    );
+    let steady = b.entity("steady", pass::<u32>());
+    b.query_edge(&feeder, &fragile).query_edge(&feeder, &steady);
+    let fragile_out = b.output(&fragile, "out");
+    let steady_out = b.output(&steady, "out");
+    let system = b.spawn().unwrap();
+    let feeder_h = system.handle(&feeder);
+    for n in 0..5 {
+        feeder_h.query(n).unwrap();
+    }
+    // Everything reaches `fragile`'s queue before it handles anything.
+    assert_eq!(steady_out.iter().take(5).count(), 5);
+    release.store(true, Ordering::SeqCst);
+    assert_eq!(fragile_out.iter().take(2).collect::<Vec<_>>(), [0, 1]);
+    let fragile_h = system.handle(&fragile);
+    let start = Instant::now();
+    while fragile_h.state().unwrap() != EntityState::Failed {
+        assert!(start.elapsed() < DEADLINE);
+        std::thread::yield_now();
+    }
+    let err = fragile_h.query(9).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Failed);
+    assert_eq!(err.into_body(), 9);
+    // The feeder's send to the failed sibling is an error it reports; `steady` still gets it.
+    feeder_h.query(10).unwrap();
+    assert_eq!(steady_out.recv().unwrap(), 10);
+
+    let report = system.shutdown(DEADLINE);
+    let fragile_r = report.entity("fragile").unwrap();
+    assert_eq!(fragile_r.state, EntityState::Failed);
+    assert_eq!(fragile_r.panic.as_deref(), Some("cannot take 2"));
+    assert_eq!(fragile_r.stats.panics, 1);
+    assert_eq!(fragile_r.stats.handled, 2);
+    assert_eq!(fragile_r.stats.undelivered, 2, "3 and 4 were queued behind the panic");
+    assert!(report.failures.iter().any(|f| f.panicked && f.entity == "fragile" && f.kind == HandlerKind::Query));
+    let feeder_failure = report.failures.iter().find(|f| f.entity == "feeder").expect("the refused send is reported");
+    assert_eq!(feeder_failure.error, "cannot reach `fragile`: it has failed");
+    assert_eq!(report.entity("steady").unwrap().stats.handled, 6);
+    assert_eq!(report.entity("steady").unwrap().state, EntityState::Stopped);
+}
+
+/// Tags each number with its generation; counts what it handled.
+struct Tagger {
+    generation: u64,
+    handled: u64,
+}
+
+impl Backend for Tagger {
+    type Input = u64;
+    type Output = (u64, u64);
+
+    fn query(&mut self, n: u64, ctx: &mut Context<(u64, u64)>) -> Result<(), BoxError> {
+        self.handled += 1;
+        Ok(ctx.send((self.generation, n))?)
+    }
+}
+
+#[test]
+fn swap_under_load_loses_and_repeats_nothing() {
+    const N: u64 = 200_000;
+    let mut b = SystemBuilder::new();
+    let tagger = b.entity("tagger", Tagger { generation: 0, handled: 0 });
+    let out = b.output(&tagger, "out");
+    let system = b.spawn().unwrap();
+    let handle = system.handle(&tagger);
+    let producer = {
+        let handle = handle.clone();
+        std::thread::spawn(move || (0..N).for_each(|n| handle.query(n).unwrap()))
+    };
+    let mut old = Vec::new();
+    for generation in 1..=20 {
+        std::thread::sleep(Duration::from_millis(2));
+        old.push(handle.swap(Tagger { generation, handled: 0 }).unwrap());
+    }
+    producer.join().unwrap();
+    let got: Vec<(u64, u64)> = out.iter().take(N as usize).collect();
+    assert!(got.iter().map(|&(_, n)| n).eq(0..N), "a message was lost, repeated or reordered");
+    assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "an old backend handled a message after its swap");
+    let handled_by_old: u64 = old.into_iter().map(|b| b.downcast::<Tagger>().ok().unwrap().handled).sum();
+    let last = got.iter().filter(|&&(generation, _)| generation == 20).count() as u64;
+    assert_eq!(handled_by_old + last, N);
+    let report = system.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+}
+
+#[test]
+fn swap_on_a_stopped_entity_gives_the_new_backend_back() {
+    let mut b = SystemBuilder::new();
+    let tagger = b.entity("tagger", Tagger { generation: 0, handled: 0 });
+    let system = b.spawn().unwrap();
+    let handle = system.handle(&tagger);
+    handle.stop().unwrap();
+    // The nop may or may not have been handled yet; either way the backend comes back.
+    let err = handle.swap(Tagger { generation: 7, handled: 0 }).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Stopped);
+    assert_eq!(err.into_body().downcast::<Tagger>().ok().unwrap().generation, 7);
+}
+
+#[test]
+fn a_query_cycle_is_refused_with_every_problem_named() {
+    let mut b = SystemBuilder::new();
+    let a = b.entity("a", pass::<u8>());
+    let x = b.entity("b", pass::<u8>());
+    let c = b.entity("c", pass::<u8>());
+    b.entity("a", pass::<u8>());
+    b.query_edge(&a, &x).query_edge(&x, &c).query_edge(&c, &a).read_edge(&a, &c).query_edge(&a, &x);
+    let err = b.spawn().unwrap_err();
+    let problems = err.problems();
+    assert_eq!(problems.len(), 3, "{err}");
+    assert!(matches!(&problems[0], BuildProblem::DuplicateName { name } if name == "a"));
+    assert!(matches!(&problems[1], BuildProblem::DuplicateEdge { from, to } if from == "a" && to == "b"));
+    assert!(matches!(&problems[2], BuildProblem::QueryCycle { cycle } if cycle == &["a", "b", "c"]));
+    assert_eq!(
+        problems[2].to_string(),
+        "query edges `a -> b -> c -> a` form a cycle; make one of them a read edge, \
+         or declare it with `loop_edge` if the loop is intended"
+    );
+}
+
+#[test]
+fn a_self_query_edge_is_a_cycle() {
+    let mut b = SystemBuilder::new();
+    let a = b.entity("a", pass::<u8>());
+    b.query_edge(&a, &a);
+    let err = b.spawn().unwrap_err();
+    assert!(matches!(&err.problems()[0], BuildProblem::QueryCycle { cycle } if cycle == &["a"]));
+}
+
+#[test]
+fn a_declared_loop_runs_until_a_backend_stops_the_system() {
+    let mut b = SystemBuilder::new();
+    let person = b.entity(
+        "person",
+        from_fn(|n: u32, ctx: &mut Context<u32>| {
+            if n >= 10 {
+                ctx.stop_system();
+                return Ok(());
+            }
+            Ok(ctx.send(n + 1)?)
+        }),
+    );
+    let model = b.entity("model", pass::<u32>());
+    b.query_edge(&person, &model).loop_edge(&model, &person);
+    let system = b.spawn().unwrap();
+    system.handle(&person).query(0).unwrap();
+    let report = system.join();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.entity("person").unwrap().stats.handled, 11, "0 to 10");
+    assert_eq!(report.entity("model").unwrap().stats.handled, 10, "1 to 10");
+}
+
+#[test]
+fn a_handle_outliving_its_system_gets_errors() {
+    let mut b = SystemBuilder::new();
+    let node = b.entity("gone", pass::<String>());
+    let system = b.spawn().unwrap();
+    let handle = system.handle(&node);
+    let id = handle.id();
+    drop(system);
+    assert_eq!(handle.query("q".into()).unwrap_err().kind(), ErrorKind::SystemGone);
+    assert_eq!(handle.read("r".into()).unwrap_err().into_body(), "r");
+    assert_eq!(handle.stop().unwrap_err().kind(), ErrorKind::SystemGone);
+    assert_eq!(handle.stats().unwrap_err().kind(), ErrorKind::SystemGone);
+    assert_eq!(handle.state().unwrap_err().kind(), ErrorKind::SystemGone);
+    assert_eq!(handle.swap(pass::<String>()).unwrap_err().kind(), ErrorKind::SystemGone);
+    assert_eq!((handle.name(), handle.id()), ("gone", id));
+}
+
+/// Sends a tick count on every tick of a timer set at start; a one-shot timer sends 1000.
+struct Clock {
+    ticks: u64,
+    every: Option<TimerId>,
+}
+
+impl Backend for Clock {
+    type Input = ();
+    type Output = u64;
+
+    fn query(&mut self, (): (), ctx: &mut Context<u64>) -> Result<(), BoxError> {
+        Ok(ctx.send(self.ticks)?)
+    }
+
+    fn start(&mut self, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+        self.every = Some(ctx.every(Duration::from_millis(5)));
+        ctx.after(Duration::from_millis(1));
+        Ok(())
+    }
+
+    fn timer(&mut self, timer: TimerId, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+        if Some(timer) != self.every {
+            return Ok(ctx.send(1000)?);
+        }
+        self.ticks += 1;
+        Ok(ctx.send(self.ticks)?)
+    }
+}
+
+#[test]
+fn timers_fire_on_the_agent_thread_and_stop_at_shutdown() {
+    let mut b = SystemBuilder::new();
+    let clock = b.entity("clock", Clock { ticks: 0, every: None });
+    let out = b.output(&clock, "out");
+    let system = b.spawn().unwrap();
+    assert_eq!(out.recv_timeout(DEADLINE).unwrap(), 1000, "the one-shot timer fires first");
+    let ticks: Vec<u64> = out.iter().take(5).collect();
+    assert_eq!(ticks, [1, 2, 3, 4, 5]);
+    // Queries are still answered between ticks.
+    system.handle(&clock).query(()).unwrap();
+    let report = system.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    let after: Vec<u64> = out.try_iter().collect();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(out.try_recv().is_err(), "a tick arrived after shutdown");
+    assert!(!after.contains(&1000), "the one-shot timer fired twice");
+}
+
+#[test]
+fn a_start_hook_can_send_without_being_asked() {
+    struct Greeter;
+    impl Backend for Greeter {
+        type Input = ();
+        type Output = String;
+        fn query(&mut self, (): (), _: &mut Context<String>) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn start(&mut self, ctx: &mut Context<String>) -> Result<(), BoxError> {
+            let thread = std::thread::current().name().map(str::to_string);
+            Ok(ctx.send(format!("{} on {}", ctx.name(), thread.unwrap_or_default()))?)
+        }
+    }
+    let mut b = SystemBuilder::new();
+    let greeter = b.entity("greeter", Greeter);
+    let out = b.output(&greeter, "out");
+    let system = b.spawn().unwrap();
+    assert_eq!(out.recv().unwrap(), "greeter on sophon:greeter");
+    system.shutdown(DEADLINE);
+}
+
+#[test]
+fn send_to_routes_by_name() {
+    let mut b = SystemBuilder::new();
+    let router = b.entity(
+        "router",
+        from_fn(|n: u32, ctx: &mut Context<u32>| {
+            let to = if n % 2 == 0 { "even" } else { "odd" };
+            Ok(ctx.send_to(to, n)?)
+        }),
+    );
+    let even_out = b.output(&router, "even");
+    let odd_out = b.output(&router, "odd");
+    let lost = b.entity(
+        "lost",
+        from_fn(|n: u32, ctx: &mut Context<u32>| {
+            let err = ctx.send_to("nowhere", n).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::UnknownSibling);
+            Err(err.into())
+        }),
+    );
+    let system = b.spawn().unwrap();
+    for n in 0..4 {
+        system.handle(&router).query(n).unwrap();
+    }
+    system.handle(&lost).query(1).unwrap();
+    assert_eq!(even_out.iter().take(2).collect::<Vec<_>>(), [0, 2]);
+    assert_eq!(odd_out.iter().take(2).collect::<Vec<_>>(), [1, 3]);
+    let report = system.shutdown(DEADLINE);
+    assert_eq!(report.failures[0].error, "cannot reach `nowhere`: there is no sibling of that name");
+}
+
+#[test]
+fn counters_track_what_each_entity_did() {
+    let mut b = SystemBuilder::new();
+    let worker = b.entity(
+        "worker",
+        from_fn(|n: u64, ctx: &mut Context<u64>| {
+            std::thread::sleep(Duration::from_millis(n));
+            if n == 0 {
+                return Err("zero".into());
+            }
+            Ok(ctx.send(n)?)
+        }),
+    );
+    let out = b.output(&worker, "out");
+    let system = b.spawn().unwrap();
+    let handle = system.handle(&worker);
+    for n in [0, 2, 10] {
+        handle.query(n).unwrap();
+    }
+    assert_eq!(out.iter().take(2).count(), 2);
+    let report = system.shutdown(DEADLINE);
+    let stats = report.entity("worker").unwrap().stats;
+    assert_eq!((stats.received, stats.handled, stats.sent, stats.errors), (3, 3, 2, 1));
+    assert!(stats.max >= Duration::from_millis(10) && stats.max < Duration::from_millis(500), "{stats:?}");
+    assert!(stats.busy >= Duration::from_millis(12) && stats.busy < stats.max * 3, "{stats:?}");
+}
+
+#[test]
+fn a_bounded_queue_slows_the_sender_and_loses_nothing() {
+    let mut b = SystemBuilder::new();
+    let fast = b.entity("fast", pass::<u32>());
+    let slow = b.entity_with(
+        "slow",
+        from_fn(|n: u32, ctx: &mut Context<u32>| {
+            std::thread::sleep(Duration::from_micros(50));
+            Ok(ctx.send(n)?)
+        }),
+        EntityOptions::new().bounded(2),
+    );
+    b.query_edge(&fast, &slow);
+    let out = b.output(&slow, "out");
+    let system = b.spawn().unwrap();
+    for n in 0..200 {
+        system.handle(&fast).query(n).unwrap();
+    }
+    let report = system.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(out.try_iter().collect::<Vec<_>>(), (0..200).collect::<Vec<_>>());
+}
+
+#[test]
+fn dropping_the_system_cleans_up_and_joins_every_agent() {
+    let cleanups = Arc::new(AtomicU64::new(0));
+    let threads = Arc::new(Mutex::new(Vec::new()));
+    {
+        let mut b = SystemBuilder::new();
+        for i in 0..8 {
+            let t = threads.clone();
+            let c = cleanups.clone();
+            let n = b.entity(
+                &format!("e{i}"),
+                from_fn(move |(): (), _: &mut Context<()>| {
+                    t.lock().unwrap().push(std::thread::current().id());
+                    let _ = &c;
+                    Ok(())
+                }),
+            );
+            let _ = n;
+            let _ = b.entity(&format!("c{i}"), Cleans(cleanups.clone()));
+        }
+        let system = b.spawn().unwrap();
+        let _ = system;
+    }
+    assert_eq!(cleanups.load(Ordering::SeqCst), 8, "every agent handled its nop before the drop returned");
+}
+
+#[test]
+fn handles_are_found_by_name_with_their_types() {
+    let mut b = SystemBuilder::new();
+    b.entity("echo", pass::<String>());
+    let system = b.spawn().unwrap();
+    assert!(system.handle_by_name::<u32, u32>("echo").is_none(), "wrong types");
+    assert!(system.handle_by_name::<String, String>("nobody").is_none());
+    let handle = system.handle_by_name::<String, String>("echo").unwrap();
+    assert_eq!(handle.name(), "echo");
+    assert_eq!(system.entity_names().collect::<Vec<_>>(), ["echo"]);
+}
+
+#[test]
+fn an_edge_converts_output_into_the_siblings_input() {
+    let mut b = SystemBuilder::new();
+    let small = b.entity("small", pass::<u8>());
+    let wide = b.entity("wide", pass::<u64>());
+    b.query_edge(&small, &wide);
+    let out = b.output(&wide, "out");
+    let system = b.spawn().unwrap();
+    system.handle(&small).query(200).unwrap();
+    assert_eq!(out.recv().unwrap(), 200u64);
+}
