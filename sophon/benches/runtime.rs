@@ -1,1 +1,285 @@
-fn main() {}
+//! The same workloads built with sophon and with raw crossbeam-channel threads, in one run.
+//!
+//! Run with `cargo bench -p sophon --bench runtime`. Each module is one workload; `crossbeam` is
+//! the baseline, `sophon` the same shape built with `SystemBuilder`. Compare medians.
+
+use std::thread;
+
+use crossbeam_channel::{Sender, unbounded};
+use divan::Bencher;
+use divan::counter::ItemsCount;
+use sophon::{Backend, BoxError, Context, SystemBuilder};
+
+fn main() {
+    divan::main();
+}
+
+/// Sends every query on unchanged.
+struct Pass;
+
+impl Backend for Pass {
+    type Input = u64;
+    type Output = u64;
+
+    #[inline]
+    fn query(&mut self, n: u64, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+        Ok(ctx.send(n)?)
+    }
+}
+
+/// One message to an echo agent and back.
+mod ping_pong {
+    use super::*;
+
+    #[divan::bench]
+    fn crossbeam(bencher: Bencher<'_, '_>) {
+        let (to_tx, to_rx) = unbounded::<u64>();
+        let (back_tx, back_rx) = unbounded::<u64>();
+        let echo = thread::spawn(move || {
+            for n in to_rx {
+                back_tx.send(n).unwrap();
+            }
+        });
+        bencher.bench_local(|| {
+            to_tx.send(1).unwrap();
+            back_rx.recv().unwrap()
+        });
+        drop(to_tx);
+        echo.join().unwrap();
+    }
+
+    #[divan::bench]
+    fn sophon(bencher: Bencher<'_, '_>) {
+        let mut b = SystemBuilder::new();
+        let echo = b.entity("echo", Pass);
+        let back = b.output(&echo, "back");
+        let system = b.spawn().unwrap();
+        let handle = system.handle(&echo);
+        bencher.bench_local(|| {
+            handle.query(1).unwrap();
+            back.recv().unwrap()
+        });
+        system.shutdown(sophon::DEFAULT_SHUTDOWN_DEADLINE);
+    }
+}
+
+/// 1,000,000 messages through 8 stages.
+mod pipeline {
+    use super::*;
+
+    const STAGES: usize = 8;
+    const N: u64 = 1_000_000;
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn crossbeam(bencher: Bencher<'_, '_>) {
+        let (first_tx, mut rx) = unbounded::<u64>();
+        let mut threads = Vec::new();
+        for _ in 0..STAGES {
+            let (tx, next_rx) = unbounded();
+            let stage_rx = std::mem::replace(&mut rx, next_rx);
+            threads.push(thread::spawn(move || {
+                for n in stage_rx {
+                    tx.send(n).unwrap();
+                }
+            }));
+        }
+        bencher.counter(ItemsCount::new(N)).bench_local(|| {
+            for i in 0..N {
+                first_tx.send(i).unwrap();
+            }
+            for _ in 0..N {
+                rx.recv().unwrap();
+            }
+        });
+        drop(first_tx);
+        threads.into_iter().for_each(|t| t.join().unwrap());
+    }
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn sophon(bencher: Bencher<'_, '_>) {
+        let mut b = SystemBuilder::new();
+        let stages: Vec<_> = (0..STAGES).map(|i| b.entity(&format!("s{i}"), Pass)).collect();
+        for pair in stages.windows(2) {
+            b.query_edge(&pair[0], &pair[1]);
+        }
+        let (tx, rx) = unbounded();
+        b.output_to(&stages[STAGES - 1], "out", tx);
+        let system = b.spawn().unwrap();
+        let first = system.handle(&stages[0]);
+        bencher.counter(ItemsCount::new(N)).bench_local(|| {
+            for i in 0..N {
+                first.query(i).unwrap();
+            }
+            for _ in 0..N {
+                rx.recv().unwrap();
+            }
+        });
+        system.shutdown(sophon::DEFAULT_SHUTDOWN_DEADLINE);
+    }
+}
+
+/// One producer broadcasting 100,000 messages to 16 consumers; each consumer reports once it has
+/// them all.
+mod fan_out {
+    use super::*;
+
+    const CONSUMERS: usize = 16;
+    const N: u64 = 100_000;
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn crossbeam(bencher: Bencher<'_, '_>) {
+        let (start_tx, start_rx) = unbounded::<u64>();
+        let (done_tx, done_rx) = unbounded::<()>();
+        let mut consumers = Vec::new();
+        let mut txs = Vec::new();
+        for _ in 0..CONSUMERS {
+            let (tx, rx) = unbounded::<u64>();
+            txs.push(tx);
+            let done = done_tx.clone();
+            consumers.push(thread::spawn(move || {
+                let mut seen = 0;
+                for _ in rx {
+                    seen += 1;
+                    if seen == N {
+                        seen = 0;
+                        done.send(()).unwrap();
+                    }
+                }
+            }));
+        }
+        let producer = thread::spawn(move || {
+            for n in start_rx {
+                for i in 0..n {
+                    for tx in &txs {
+                        tx.send(i).unwrap();
+                    }
+                }
+            }
+        });
+        bencher.counter(ItemsCount::new(N * CONSUMERS as u64)).bench_local(|| {
+            start_tx.send(N).unwrap();
+            for _ in 0..CONSUMERS {
+                done_rx.recv().unwrap();
+            }
+        });
+        drop(start_tx);
+        producer.join().unwrap();
+        consumers.into_iter().for_each(|t| t.join().unwrap());
+    }
+
+    /// Broadcasts `0..n` when asked for `n`.
+    struct Producer;
+
+    impl Backend for Producer {
+        type Input = u64;
+        type Output = u64;
+
+        fn query(&mut self, n: u64, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+            for i in 0..n {
+                ctx.send(i)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Reports once it has seen `N` messages.
+    struct Consumer(u64);
+
+    impl Backend for Consumer {
+        type Input = u64;
+        type Output = ();
+
+        #[inline]
+        fn query(&mut self, _: u64, ctx: &mut Context<()>) -> Result<(), BoxError> {
+            self.0 += 1;
+            if self.0 == N {
+                self.0 = 0;
+                ctx.send(())?;
+            }
+            Ok(())
+        }
+    }
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn sophon(bencher: Bencher<'_, '_>) {
+        let mut b = SystemBuilder::new();
+        let producer = b.entity("producer", Producer);
+        let (done_tx, done_rx) = unbounded();
+        for i in 0..CONSUMERS {
+            let consumer = b.entity(&format!("c{i}"), Consumer(0));
+            b.query_edge(&producer, &consumer);
+            b.output_to(&consumer, "done", done_tx.clone());
+        }
+        let system = b.spawn().unwrap();
+        let handle = system.handle(&producer);
+        bencher.counter(ItemsCount::new(N * CONSUMERS as u64)).bench_local(|| {
+            handle.query(N).unwrap();
+            for _ in 0..CONSUMERS {
+                done_rx.recv().unwrap();
+            }
+        });
+        system.shutdown(sophon::DEFAULT_SHUTDOWN_DEADLINE);
+    }
+}
+
+/// Spawning 1,000 agents, one message to each and its answer, then stopping and joining them.
+mod spawn {
+    use super::*;
+
+    const AGENTS: usize = 1_000;
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn crossbeam(bencher: Bencher<'_, '_>) {
+        bencher.bench_local(|| {
+            let (back_tx, back_rx) = unbounded::<u64>();
+            let agents: Vec<(Sender<u64>, thread::JoinHandle<()>)> = (0..AGENTS)
+                .map(|i| {
+                    let (tx, rx) = unbounded::<u64>();
+                    let back = back_tx.clone();
+                    let thread = thread::Builder::new()
+                        .name(format!("raw:{i}"))
+                        .spawn(move || {
+                            for n in rx {
+                                back.send(n).unwrap();
+                            }
+                        })
+                        .unwrap();
+                    (tx, thread)
+                })
+                .collect();
+            for (tx, _) in &agents {
+                tx.send(1).unwrap();
+            }
+            for _ in 0..AGENTS {
+                back_rx.recv().unwrap();
+            }
+            for (tx, thread) in agents {
+                drop(tx);
+                thread.join().unwrap();
+            }
+        });
+    }
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn sophon(bencher: Bencher<'_, '_>) {
+        bencher.bench_local(|| {
+            let (back_tx, back_rx) = unbounded::<u64>();
+            let mut b = SystemBuilder::new();
+            let nodes: Vec<_> = (0..AGENTS)
+                .map(|i| {
+                    let node = b.entity(&format!("a{i}"), Pass);
+                    b.output_to(&node, "back", back_tx.clone());
+                    node
+                })
+                .collect();
+            let system = b.spawn().unwrap();
+            for node in &nodes {
+                system.handle(node).query(1).unwrap();
+            }
+            for _ in 0..AGENTS {
+                back_rx.recv().unwrap();
+            }
+            system.shutdown(sophon::DEFAULT_SHUTDOWN_DEADLINE)
+        });
+    }
+}

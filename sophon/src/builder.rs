@@ -292,11 +292,55 @@ impl SystemBuilder {
         from: &Node<I, O>,
         name: &str,
     ) -> crossbeam_channel::Receiver<O> {
-        assert_eq!(from.builder, self.id, "the node comes from another builder");
         let (tx, rx) = crossbeam_channel::unbounded();
+        self.output_to(from, name, tx);
+        rx
+    }
+
+    /// Like [`output`](Self::output), into a channel of the caller's: several entities can then
+    /// answer into one channel, and the channel can be bounded.
+    ///
+    /// # Panics
+    ///
+    /// If `from` comes from another builder.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use sophon::{Backend, BoxError, Context, SystemBuilder};
+    /// # struct Id(u32);
+    /// # impl Backend for Id {
+    /// #     type Input = ();
+    /// #     type Output = u32;
+    /// #     fn query(&mut self, (): (), ctx: &mut Context<u32>) -> Result<(), BoxError> {
+    /// #         Ok(ctx.send(self.0)?)
+    /// #     }
+    /// # }
+    /// let (tx, answers) = sophon::crossbeam_channel::unbounded();
+    /// let mut builder = SystemBuilder::new();
+    /// let nodes: Vec<_> = (0..3).map(|i| builder.entity(&format!("n{i}"), Id(i))).collect();
+    /// for node in &nodes {
+    ///     builder.output_to(node, "answers", tx.clone());
+    /// }
+    /// let system = builder.spawn()?;
+    /// for node in &nodes {
+    ///     system.handle(node).query(())?;
+    /// }
+    /// let mut got: Vec<u32> = answers.iter().take(3).collect();
+    /// got.sort();
+    /// assert_eq!(got, [0, 1, 2]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn output_to<I: Send + 'static, O: Send + 'static>(
+        &mut self,
+        from: &Node<I, O>,
+        name: &str,
+        tx: crossbeam_channel::Sender<O>,
+    ) -> &mut Self {
+        assert_eq!(from.builder, self.id, "the node comes from another builder");
         let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, Box::new(OutputOutlet { tx }));
         self.agent_mut(from).ctx.add_sibling(sibling);
-        rx
+        self
     }
 
     fn agent_mut<I: Send + 'static, O: Send + 'static>(&mut self, node: &Node<I, O>) -> &mut Agent<I, O> {

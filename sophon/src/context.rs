@@ -175,13 +175,7 @@ impl<O: Send + 'static> Context<O> {
     }
 
     #[inline]
-    fn deliver(
-        sibling: &Sibling<O>,
-        out: O,
-        core: &Core,
-        sent: &mut u64,
-        outputs: &mut u64,
-    ) -> Result<(), Error> {
+    fn deliver(sibling: &Sibling<O>, out: O, core: &Core, sent: &mut u64, outputs: &mut u64) -> Result<(), Error> {
         match sibling.outlet.send(sibling.kind, out) {
             Ok(()) => {
                 if sibling.kind == EdgeKind::Output {

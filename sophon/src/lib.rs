@@ -84,3 +84,8 @@ pub use crate::system::{DEFAULT_SHUTDOWN_DEADLINE, EntityReport, Failure, Report
 /// Re-exported so that users need not depend on it to read outputs or take `Uuid`s.
 pub use crossbeam_channel;
 pub use uuid::Uuid;
+
+/// The README's examples, run as doctests so that they cannot rot.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

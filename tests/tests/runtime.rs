@@ -203,7 +203,7 @@ fn an_erroring_backend_is_reported_and_goes_on() {
     let picky = b.entity(
         "picky",
         from_fn(|n: u32, ctx: &mut Context<u32>| {
-            if n % 2 == 1 {
+            if !n.is_multiple_of(2) {
                 return Err(format!("odd number {n}").into());
             }
             Ok(ctx.send(n)?)
@@ -491,7 +491,7 @@ fn send_to_routes_by_name() {
     let router = b.entity(
         "router",
         from_fn(|n: u32, ctx: &mut Context<u32>| {
-            let to = if n % 2 == 0 { "even" } else { "odd" };
+            let to = if n.is_multiple_of(2) { "even" } else { "odd" };
             Ok(ctx.send_to(to, n)?)
         }),
     );
