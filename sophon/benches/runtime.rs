@@ -70,9 +70,10 @@ mod pipeline {
     const STAGES: usize = 8;
     const N: u64 = 1_000_000;
 
-    #[divan::bench(sample_count = 10, sample_size = 1)]
-    fn crossbeam(bencher: Bencher<'_, '_>) {
-        let (first_tx, mut rx) = unbounded::<u64>();
+    /// The baseline, generic over the message so that it can also move 16-byte messages: the
+    /// size of sophon's envelope around a `u64` (the body and its Query/Read tag).
+    fn baseline<T: Send + 'static>(bencher: Bencher<'_, '_>, make: fn(u64) -> T) {
+        let (first_tx, mut rx) = unbounded::<T>();
         let mut threads = Vec::new();
         for _ in 0..STAGES {
             let (tx, next_rx) = unbounded();
@@ -85,7 +86,7 @@ mod pipeline {
         }
         bencher.counter(ItemsCount::new(N)).bench_local(|| {
             for i in 0..N {
-                first_tx.send(i).unwrap();
+                first_tx.send(make(i)).unwrap();
             }
             for _ in 0..N {
                 rx.recv().unwrap();
@@ -93,6 +94,16 @@ mod pipeline {
         });
         drop(first_tx);
         threads.into_iter().for_each(|t| t.join().unwrap());
+    }
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn crossbeam(bencher: Bencher<'_, '_>) {
+        baseline(bencher, |i| i);
+    }
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn crossbeam_16b(bencher: Bencher<'_, '_>) {
+        baseline(bencher, |i| (i, 0u64));
     }
 
     #[divan::bench(sample_count = 10, sample_size = 1)]
@@ -128,12 +139,22 @@ mod fan_out {
 
     #[divan::bench(sample_count = 10, sample_size = 1)]
     fn crossbeam(bencher: Bencher<'_, '_>) {
+        baseline(bencher, |i| i);
+    }
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn crossbeam_16b(bencher: Bencher<'_, '_>) {
+        baseline(bencher, |i| (i, 0u64));
+    }
+
+    /// The baseline, generic over the message (see `pipeline::baseline`).
+    fn baseline<T: Clone + Send + 'static>(bencher: Bencher<'_, '_>, make: fn(u64) -> T) {
         let (start_tx, start_rx) = unbounded::<u64>();
         let (done_tx, done_rx) = unbounded::<()>();
         let mut consumers = Vec::new();
         let mut txs = Vec::new();
         for _ in 0..CONSUMERS {
-            let (tx, rx) = unbounded::<u64>();
+            let (tx, rx) = unbounded::<T>();
             txs.push(tx);
             let done = done_tx.clone();
             consumers.push(thread::spawn(move || {
@@ -150,8 +171,9 @@ mod fan_out {
         let producer = thread::spawn(move || {
             for n in start_rx {
                 for i in 0..n {
+                    let message = make(i);
                     for tx in &txs {
-                        tx.send(i).unwrap();
+                        tx.send(message.clone()).unwrap();
                     }
                 }
             }

@@ -16,19 +16,85 @@ use crate::message::HandlerKind;
 use crate::system::Failure;
 
 pub(crate) struct Agent<I, O> {
-    pub(crate) port: Arc<Port<I, O>>,
+    /// The entity's core, held directly: the port's own cache line takes the reference-count
+    /// traffic of handles sending from outside.
+    core: Arc<Core>,
+    port: Arc<Port<I, O>>,
     rx: Receiver<Envelope<I, O>>,
     backend: BoxBackend<I, O>,
     pub(crate) ctx: Context<O>,
-    clock: quanta::Clock,
+    timing: Timing,
     // Mirrors of the counters only this agent writes, so that publishing one is a plain store.
     received: u64,
     handled: u64,
     errors: u64,
-    busy_ticks: u64,
-    max_ticks: u64,
     activations: u64,
     activations_done: u64,
+}
+
+/// Times handling in batches of messages rather than one by one.
+///
+/// A clock read costs about 10 ns (a TSC read), which is half of what crossbeam needs to move a
+/// message from one thread to the next; reading it per message would make timing the biggest
+/// cost of a busy pipeline. So the clock is read when the queue runs dry and every `stride`
+/// messages, and `stride` adapts so that a batch lasts about a microsecond: one message at a
+/// time for slow handlers (exact timings), up to 64 for fast ones. Total busy time stays exact;
+/// the maximum is exact for messages timed alone and otherwise over-estimates by at most the
+/// batch's other messages, about a microsecond.
+struct Timing {
+    clock: quanta::Clock,
+    /// When the open batch began (raw clock ticks).
+    mark: u64,
+    /// Messages handled in the open batch.
+    pending: u32,
+    stride: u32,
+    /// Clock ticks in a microsecond.
+    ticks_per_us: u64,
+    busy: u64,
+    max: u64,
+}
+
+const MAX_STRIDE: u32 = 64;
+
+impl Timing {
+    fn new(clock: quanta::Clock) -> Self {
+        let ns_per_million_ticks = clock.delta_as_nanos(0, 1_000_000).max(1);
+        let ticks_per_us = (1_000_000_000 / ns_per_million_ticks).max(1);
+        Timing { mark: clock.raw(), clock, pending: 0, stride: 1, ticks_per_us, busy: 0, max: 0 }
+    }
+
+    /// Starts a batch after the agent has waited (on its queue or a timer).
+    fn restart(&mut self) {
+        self.mark = self.clock.raw();
+        self.pending = 0;
+    }
+
+    /// Counts a handled message; returns whether the batch is full and must be closed.
+    #[inline]
+    fn handled_one(&mut self) -> bool {
+        self.pending += 1;
+        self.pending >= self.stride
+    }
+
+    /// Closes the open batch; returns whether the maximum grew.
+    fn close(&mut self) -> bool {
+        if self.pending == 0 {
+            return false;
+        }
+        let now = self.clock.raw();
+        let took = now.saturating_sub(self.mark);
+        self.mark = now;
+        self.pending = 0;
+        self.busy += took;
+        if took < self.ticks_per_us / 2 {
+            self.stride = (self.stride * 2).min(MAX_STRIDE);
+        } else if took > self.ticks_per_us {
+            self.stride = (self.stride / 2).max(1);
+        }
+        let grew = took > self.max;
+        self.max = self.max.max(took);
+        grew
+    }
 }
 
 /// Whether the agent goes on after a handler.
@@ -43,21 +109,20 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         Agent {
             rx: port.rx.clone(),
             ctx: Context::new(port.core.clone()),
-            clock: port.core.shared.clock.clone(),
+            timing: Timing::new(port.core.shared.clock.clone()),
+            core: port.core.clone(),
             port,
             backend,
             received: 0,
             handled: 0,
             errors: 0,
-            busy_ticks: 0,
-            max_ticks: 0,
             activations: 0,
             activations_done: 0,
         }
     }
 
     fn core(&self) -> &Core {
-        &self.port.core
+        &self.core
     }
 
     pub(crate) fn run(mut self) {
@@ -68,17 +133,14 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         self.finish(end);
     }
 
-    /// The loop: one queue, one clock read per message while busy (the end of one message is the
-    /// start of the next), and plain stores to counters only this thread writes.
+    /// The loop: one queue, a clock read per batch of messages (see [`Timing`]), and plain
+    /// stores to counters only this thread writes.
     fn serve(&mut self) -> EntityState {
-        let mut mark = self.clock.raw();
         loop {
             let env = if self.ctx.has_timers() {
+                self.close_batch();
                 match self.next_or_timer() {
-                    Some(env) => {
-                        mark = self.clock.raw();
-                        env
-                    }
+                    Some(env) => env,
                     None => {
                         if self.fire_due_timer() == Flow::Failed {
                             return EntityState::Failed;
@@ -89,23 +151,30 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             } else {
                 match self.rx.try_recv() {
                     Ok(env) => env,
-                    Err(_) => match self.rx.recv() {
-                        Ok(env) => {
-                            mark = self.clock.raw();
-                            env
+                    Err(_) => {
+                        self.close_batch();
+                        match self.rx.recv() {
+                            Ok(env) => {
+                                self.timing.restart();
+                                env
+                            }
+                            Err(_) => unreachable!("the port keeps a sender, so the queue never disconnects"),
                         }
-                        Err(_) => unreachable!("the port keeps a sender, so the queue never disconnects"),
-                    },
+                    }
                 }
             };
             let flow = match env {
-                Envelope::Query(body) => self.handle(HandlerKind::Query, &mut mark, |b, ctx| b.query(body, ctx)),
-                Envelope::Read(body) => self.handle(HandlerKind::Read, &mut mark, |b, ctx| b.read(body, ctx)),
-                Envelope::Nop => return self.cleanup(),
+                Envelope::Query(body) => self.handle(HandlerKind::Query, |b, ctx| b.query(body, ctx)),
+                Envelope::Read(body) => self.handle(HandlerKind::Read, |b, ctx| b.read(body, ctx)),
+                Envelope::Nop => {
+                    self.close_batch();
+                    return self.cleanup();
+                }
                 Envelope::Swap(request) => {
+                    self.close_batch();
                     let old = std::mem::replace(&mut self.backend, request.backend);
                     let _ = request.reply.send(Ok(old));
-                    mark = self.clock.raw();
+                    self.timing.restart();
                     Flow::Continue
                 }
             };
@@ -115,13 +184,24 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         }
     }
 
+    /// Closes the open timing batch and publishes busy and maximum time.
+    fn close_batch(&mut self) {
+        let counters = &self.core.counters;
+        if self.timing.close() {
+            counters.max_ticks.store(self.timing.max, Ordering::Relaxed);
+        }
+        counters.busy_ticks.store(self.timing.busy, Ordering::Relaxed);
+    }
+
     /// Waits for a message until the next timer is due; `None` when a timer is due.
     fn next_or_timer(&mut self) -> Option<Envelope<I, O>> {
         let deadline = self.ctx.next_deadline()?;
         if deadline <= Instant::now() {
             return None;
         }
-        self.rx.recv_deadline(deadline).ok()
+        let env = self.rx.recv_deadline(deadline).ok();
+        self.timing.restart();
+        env
     }
 
     fn fire_due_timer(&mut self) -> Flow {
@@ -132,27 +212,20 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
     }
 
     /// Runs a query or read handler and counts it.
+    #[inline]
     fn handle(
         &mut self,
         kind: HandlerKind,
-        mark: &mut u64,
         f: impl FnOnce(&mut BoxBackend<I, O>, &mut Context<O>) -> Result<(), BoxError>,
     ) -> Flow {
         self.received += 1;
         self.core().counters.received.store(self.received, Ordering::Relaxed);
         let (backend, ctx) = (&mut self.backend, &mut self.ctx);
         let result = catch_unwind(AssertUnwindSafe(|| f(backend, ctx)));
-
-        let end = self.clock.raw();
-        let took = end.saturating_sub(*mark);
-        *mark = end;
-        let counters = &self.port.core.counters;
-        self.busy_ticks += took;
-        counters.busy_ticks.store(self.busy_ticks, Ordering::Relaxed);
-        if took > self.max_ticks {
-            self.max_ticks = took;
-            counters.max_ticks.store(took, Ordering::Relaxed);
+        if self.timing.handled_one() || result.is_err() {
+            self.close_batch();
         }
+        let counters = &self.core.counters;
         match result {
             Ok(result) => {
                 if let Err(error) = result {
@@ -183,10 +256,10 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         // Announce the run, then look at `stopping`; the shutdown sets `stopping`, then reads
         // the announcements. With both sides sequentially consistent, either this run sees
         // `stopping` and does not start, or the shutdown sees the run and waits for it.
-        let counters = &self.port.core.counters;
+        let counters = &self.core.counters;
         self.activations += 1;
         counters.activations.store(self.activations, Ordering::SeqCst);
-        let flow = if self.port.core.shared.stopping.load(Ordering::SeqCst) {
+        let flow = if self.core.shared.stopping.load(Ordering::SeqCst) {
             self.ctx.clear_timers();
             Flow::Continue
         } else {

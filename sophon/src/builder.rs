@@ -275,7 +275,7 @@ impl SystemBuilder {
         let target = &self.entities[to.index];
         let port =
             target.port.clone().as_any().downcast::<Port<I2, O2>>().expect("a node's types are those of its entity");
-        let sibling = Sibling::new(target.name.clone(), Some(port.core.id), kind, Box::new(EntityOutlet { port }));
+        let sibling = Sibling::new(target.name.clone(), Some(port.core.id), kind, Box::new(EntityOutlet::new(port)));
         self.agent_mut(from).ctx.add_sibling(sibling);
         self.edges.push(EdgeSpec { from: from.index, to: to.index, kind, intended_loop });
         self

@@ -31,8 +31,19 @@ pub(crate) trait Outlet<O>: Send {
 }
 
 /// An edge into another entity's queue, converting the output into the sibling's input.
+///
+/// It keeps the sibling's core and a sender of its own, so that a send reads no more shared
+/// memory than the sibling's state and the channel.
 pub(crate) struct EntityOutlet<I, O2> {
-    pub(crate) port: Arc<Port<I, O2>>,
+    core: Arc<Core>,
+    tx: Sender<Envelope<I, O2>>,
+    port: Arc<Port<I, O2>>,
+}
+
+impl<I, O2> EntityOutlet<I, O2> {
+    pub(crate) fn new(port: Arc<Port<I, O2>>) -> Self {
+        EntityOutlet { core: port.core.clone(), tx: port.tx.clone(), port }
+    }
 }
 
 impl<O, I, O2> Outlet<O> for EntityOutlet<I, O2>
@@ -43,7 +54,7 @@ where
 {
     #[inline]
     fn send(&self, kind: EdgeKind, out: O) -> Result<(), (O, ErrorKind)> {
-        if let Some(refusal) = self.port.core.state().refusal() {
+        if let Some(refusal) = self.core.state().refusal() {
             return Err((out, refusal));
         }
         let body = I::from(out);
@@ -51,10 +62,11 @@ where
             EdgeKind::Read => Envelope::Read(body),
             _ => Envelope::Query(body),
         };
-        if self.port.enqueue(env).is_err() {
+        let sent = if self.port.bounded { self.port.enqueue(env).is_ok() } else { self.tx.send(env).is_ok() };
+        if !sent {
             // The sibling stopped while this waited on its full bounded queue: the body has been
             // converted already, so it is counted as undelivered there rather than given back.
-            self.port.core.counters.undelivered.fetch_add(1, Ordering::AcqRel);
+            self.core.counters.undelivered.fetch_add(1, Ordering::AcqRel);
         }
         Ok(())
     }
@@ -198,26 +210,32 @@ impl<O: Send + 'static> Context<O> {
     /// A sibling that has stopped or failed does not stop the others from getting the message;
     /// the first refusal is returned. The error is `Send + Sync` whatever `O` is, so `?` turns it
     /// into the handler's [`BoxError`](crate::BoxError).
+    #[inline]
     pub fn send(&mut self, out: O) -> Result<(), Error>
     where
         O: Clone,
     {
-        let n = self.siblings.len();
-        if n == 0 {
-            return Ok(());
-        }
-        self.count_sent(n as u64);
-        let mut first_err = None;
-        let (last, rest) = self.siblings.split_last().expect("not empty");
-        for sibling in rest {
-            if let Err(e) = Self::deliver(sibling, out.clone(), &self.core, &mut self.sent, &mut self.outputs) {
-                first_err.get_or_insert(e);
+        match self.siblings.len() {
+            0 => Ok(()),
+            1 => {
+                self.count_sent(1);
+                Self::deliver(&self.siblings[0], out, &self.core, &mut self.sent, &mut self.outputs)
+            }
+            n => {
+                self.count_sent(n as u64);
+                let mut first_err = None;
+                let (last, rest) = self.siblings.split_last().expect("not empty");
+                for sibling in rest {
+                    if let Err(e) = Self::deliver(sibling, out.clone(), &self.core, &mut self.sent, &mut self.outputs) {
+                        first_err.get_or_insert(e);
+                    }
+                }
+                if let Err(e) = Self::deliver(last, out, &self.core, &mut self.sent, &mut self.outputs) {
+                    first_err.get_or_insert(e);
+                }
+                first_err.map_or(Ok(()), Err)
             }
         }
-        if let Err(e) = Self::deliver(last, out, &self.core, &mut self.sent, &mut self.outputs) {
-            first_err.get_or_insert(e);
-        }
-        first_err.map_or(Ok(()), Err)
     }
 
     /// Sends `out` to the sibling called `name` only, moving it.
