@@ -12,7 +12,6 @@ use crate::backend::{Backend, BoxBackend};
 use crate::context::{EdgeKind, EntityOutlet, OutputOutlet, Sibling};
 use crate::entity::{Core, ErasedPort, Port};
 use crate::err::{BuildError, BuildProblem};
-use crate::graph;
 use crate::system::{Shared, System};
 
 static NEXT_BUILDER: AtomicU64 = AtomicU64::new(0);
@@ -408,7 +407,7 @@ impl SystemBuilder {
             .filter(|e| e.kind == EdgeKind::Query && !e.intended_loop)
             .map(|e| (e.from, e.to))
             .collect();
-        for cycle in graph::cycles(self.entities.len(), &queries) {
+        for cycle in sophon_graph::cycles(self.entities.len(), &queries) {
             let cycle = cycle.into_iter().map(name).collect();
             self.problems.push(BuildProblem::QueryCycle { cycle });
         }

@@ -69,11 +69,16 @@ mod builder;
 mod context;
 mod entity;
 mod err;
-mod graph;
 mod message;
 mod system;
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
 pub use crate::backend::{Backend, BoxBackend};
+#[doc(inline)]
+pub use sophon_macros::{agent_system, backend};
 pub use crate::builder::{EntityOptions, Node, SystemBuilder};
 pub use crate::context::{Context, EdgeKind, Sibling, TimerId};
 pub use crate::entity::{EntityState, Handle, Stats};

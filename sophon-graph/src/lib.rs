@@ -1,9 +1,10 @@
-//! Cycle detection over query edges.
+//! Graph algorithms shared by sophon's runtime builder and its `agent_system!` macro, so that
+//! both refuse exactly the same graphs. Internal to sophon: use `sophon` itself.
 
 /// Finds the cycles of a directed graph: one per strongly connected component that has a cycle,
 /// each given as the nodes along it in order, starting from its lowest-numbered node. The
 /// cycles are sorted by that node.
-pub(crate) fn cycles(nodes: usize, edges: &[(usize, usize)]) -> Vec<Vec<usize>> {
+pub fn cycles(nodes: usize, edges: &[(usize, usize)]) -> Vec<Vec<usize>> {
     let mut adjacent = vec![Vec::new(); nodes];
     for &(from, to) in edges {
         adjacent[from].push(to);

@@ -1,0 +1,115 @@
+//! Generates the `Backend` impl. The model is known to be valid here.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+
+use super::check::{Handler, Model, Returns};
+
+pub(super) fn expand(item: &syn::ItemImpl, model: &Model) -> TokenStream {
+    let self_ty = &item.self_ty;
+    let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+    let Model { input, output, query, read, nop } = model;
+
+    let call = if query.takes_ctx {
+        quote!(<#self_ty>::query(self, __input, __ctx))
+    } else {
+        quote!(<#self_ty>::query(self, __input))
+    };
+    // Spanned at the user's return type: if the output is not `Clone` (a broadcast clones it),
+    // rustc's error lands there.
+    let send = |value: TokenStream| quote_spanned!(query.output_span=> __ctx.send(#value)?;);
+    let query_body = match (&query.returns, query.takes_ctx) {
+        (Returns::Unit, true) => quote!(#call;),
+        (Returns::ResultUnit, true) => quote!(#call?;),
+        (Returns::Unit, false) => {
+            let send = send(quote!(()));
+            quote!(#call; #send)
+        }
+        (Returns::ResultUnit, false) => {
+            let send = send(quote!(()));
+            quote!(#call?; #send)
+        }
+        (Returns::Value, _) => {
+            let send = send(quote!(__out));
+            quote!(let __out = #call; #send)
+        }
+        (Returns::Option, _) => {
+            let send = send(quote!(__out));
+            quote!(if let ::core::option::Option::Some(__out) = #call { #send })
+        }
+        (Returns::Result, _) => {
+            let send = send(quote!(__out));
+            quote!(let __out = #call?; #send)
+        }
+        (Returns::ResultOption, _) => {
+            let send = send(quote!(__out));
+            quote!(if let ::core::option::Option::Some(__out) = #call? { #send })
+        }
+    };
+
+    let read_fn = read.as_ref().map(|h| {
+        let call = handler_call(self_ty, quote!(read), Some(quote!(__input)), h);
+        quote! {
+            fn read(
+                &mut self,
+                __input: Self::Input,
+                __ctx: &mut ::sophon::Context<Self::Output>,
+            ) -> ::core::result::Result<(), ::sophon::BoxError> {
+                #call
+                ::core::result::Result::Ok(())
+            }
+        }
+    });
+    let nop_fn = nop.as_ref().map(|h| {
+        let call = handler_call(self_ty, quote!(nop), None, h);
+        quote! {
+            fn nop(
+                &mut self,
+                __ctx: &mut ::sophon::Context<Self::Output>,
+            ) -> ::core::result::Result<(), ::sophon::BoxError> {
+                #call
+                ::core::result::Result::Ok(())
+            }
+        }
+    });
+
+    quote! {
+        #item
+
+        #[automatically_derived]
+        impl #impl_generics ::sophon::Backend for #self_ty #where_clause {
+            type Input = #input;
+            type Output = #output;
+
+            fn query(
+                &mut self,
+                __input: Self::Input,
+                __ctx: &mut ::sophon::Context<Self::Output>,
+            ) -> ::core::result::Result<(), ::sophon::BoxError> {
+                #query_body
+                ::core::result::Result::Ok(())
+            }
+
+            #read_fn
+            #nop_fn
+        }
+    }
+}
+
+fn handler_call(self_ty: &syn::Type, name: TokenStream, input: Option<TokenStream>, h: &Handler) -> TokenStream {
+    let mut args = vec![quote!(self)];
+    args.extend(input);
+    if h.takes_ctx {
+        args.push(quote!(__ctx));
+    } else {
+        args.push(quote!());
+        args.pop();
+        // The context is unused when the handler does not take it.
+        return if h.fallible {
+            quote!(let _ = __ctx; <#self_ty>::#name(#(#args),*)?;)
+        } else {
+            quote!(let _ = __ctx; <#self_ty>::#name(#(#args),*);)
+        };
+    }
+    if h.fallible { quote!(<#self_ty>::#name(#(#args),*)?;) } else { quote!(<#self_ty>::#name(#(#args),*);) }
+}

@@ -1,0 +1,28 @@
+//! `#[backend]`: derives `Backend` from an impl block's handlers.
+
+mod check;
+mod expand;
+mod parse;
+
+use proc_macro2::TokenStream;
+
+use crate::errors::Errors;
+
+pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let item = match parse::parse(args, item.clone(), &mut errors) {
+        Ok(item) => item,
+        Err(error) => {
+            let error = error.into_compile_error();
+            return quote::quote!(#item #error);
+        }
+    };
+    let Some(model) = check::check(&item, &mut errors) else {
+        // Re-emit the block as written so that the user sees only the real errors.
+        let compile_errors = errors.to_compile_errors();
+        return quote::quote!(#item #compile_errors);
+    };
+    let expanded = expand::expand(&item, &model);
+    let compile_errors = errors.to_compile_errors();
+    quote::quote!(#expanded #compile_errors)
+}
