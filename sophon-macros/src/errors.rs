@@ -2,7 +2,7 @@
 
 use std::fmt::Display;
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::ToTokens;
 
 /// An error collector, after serde's `Ctxt`: add errors as they are found, then `finish` once.
@@ -15,19 +15,6 @@ impl Errors {
     /// An error spanning all of `tokens` (from their first token to their last).
     pub(crate) fn spanned(&mut self, tokens: impl ToTokens, message: impl Display) {
         self.errors.push(syn::Error::new_spanned(tokens, message));
-    }
-
-    /// An error at `span`.
-    pub(crate) fn at(&mut self, span: Span, message: impl Display) {
-        self.errors.push(syn::Error::new(span, message));
-    }
-
-    pub(crate) fn push(&mut self, error: syn::Error) {
-        self.errors.push(error);
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.errors.is_empty()
     }
 
     /// Every error as `compile_error!` invocations.

@@ -77,14 +77,14 @@ mod system;
 pub mod __private;
 
 pub use crate::backend::{Backend, BoxBackend};
-#[doc(inline)]
-pub use sophon_macros::{agent_system, backend};
 pub use crate::builder::{EntityOptions, Node, SystemBuilder};
 pub use crate::context::{Context, EdgeKind, Sibling, TimerId};
 pub use crate::entity::{EntityState, Handle, Stats};
 pub use crate::err::{BoxError, BuildError, BuildProblem, Error, ErrorKind, SendError};
 pub use crate::message::{HandlerKind, Message};
 pub use crate::system::{DEFAULT_SHUTDOWN_DEADLINE, EntityReport, Failure, Report, System};
+#[doc(inline)]
+pub use sophon_macros::{agent_system, backend};
 
 /// Re-exported so that users need not depend on it to read outputs or take `Uuid`s.
 pub use crossbeam_channel;

@@ -60,7 +60,9 @@ fn check_signature<'a>(f: &'a ImplItemFn, takes_input: bool, errors: &mut Errors
     if let Some(asyncness) = &sig.asyncness {
         errors.spanned(
             asyncness,
-            format!("`{name}` cannot be `async`; each agent runs on its own thread, so a handler may block: remove `async`"),
+            format!(
+                "`{name}` cannot be `async`; each agent runs on its own thread, so a handler may block: remove `async`"
+            ),
         );
         ok = false;
     }
@@ -79,7 +81,10 @@ fn check_signature<'a>(f: &'a ImplItemFn, takes_input: bool, errors: &mut Errors
             ok = false;
         }
         _ => {
-            errors.spanned(&sig.ident, format!("`{name}` must take `&mut self` first: handlers are methods of the backend"));
+            errors.spanned(
+                &sig.ident,
+                format!("`{name}` must take `&mut self` first: handlers are methods of the backend"),
+            );
             return None;
         }
     }
@@ -90,9 +95,13 @@ fn check_signature<'a>(f: &'a ImplItemFn, takes_input: bool, errors: &mut Errors
         })
         .collect();
     let expected = if takes_input {
-        format!("`{name}` takes the input and, optionally, the context: `fn {name}(&mut self, input: In)` or `fn {name}(&mut self, input: In, ctx: &mut sophon::Context<Out>)`")
+        format!(
+            "`{name}` takes the input and, optionally, the context: `fn {name}(&mut self, input: In)` or `fn {name}(&mut self, input: In, ctx: &mut sophon::Context<Out>)`"
+        )
     } else {
-        format!("`{name}` takes no input, and optionally the context: `fn {name}(&mut self)` or `fn {name}(&mut self, ctx: &mut sophon::Context<Out>)`")
+        format!(
+            "`{name}` takes no input, and optionally the context: `fn {name}(&mut self)` or `fn {name}(&mut self, ctx: &mut sophon::Context<Out>)`"
+        )
     };
     let (input, ctx) = match (takes_input, rest.as_slice()) {
         (true, [input]) => (Some(&*input.ty), None),
@@ -106,7 +115,12 @@ fn check_signature<'a>(f: &'a ImplItemFn, takes_input: bool, errors: &mut Errors
     };
     if let Some(ctx) = ctx {
         if context_output(ctx).is_none() {
-            errors.spanned(ctx, format!("the last parameter of `{name}` is the agent's context; write `ctx: &mut sophon::Context<Out>`"));
+            errors.spanned(
+                ctx,
+                format!(
+                    "the last parameter of `{name}` is the agent's context; write `ctx: &mut sophon::Context<Out>`"
+                ),
+            );
             ok = false;
         }
     }

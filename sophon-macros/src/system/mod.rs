@@ -1,7 +1,23 @@
 //! `agent_system!`: declares a graph, checks it, expands to the builder.
 
+mod check;
+mod expand;
+mod graph;
+mod parse;
+
 use proc_macro2::TokenStream;
 
-pub(crate) fn expand(_input: TokenStream) -> TokenStream {
-    quote::quote!(compile_error!("not yet"))
+use crate::errors::Errors;
+
+pub(crate) fn expand(input: TokenStream) -> TokenStream {
+    let input = match syn::parse2::<parse::SystemInput>(input) {
+        Ok(input) => input,
+        Err(error) => return error.into_compile_error(),
+    };
+    let mut errors = Errors::default();
+    let graph = graph::Graph::build(&input, &mut errors);
+    let options = check::check(&graph, &mut errors);
+    let expanded = expand::expand(&graph, &options);
+    let compile_errors = errors.to_compile_errors();
+    quote::quote!({ #compile_errors #expanded })
 }

@@ -1,0 +1,156 @@
+//! Systems declared with `agent_system!`: the runtime behaviours, through the macro.
+
+use std::time::Duration;
+
+use sophon::{Context, agent_system, backend};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+struct Pass;
+
+#[backend]
+impl Pass {
+    fn query(&mut self, n: u64) -> u64 {
+        n
+    }
+}
+
+/// Remembers what it reads; answers a query with how many it has read.
+#[derive(Default)]
+struct Memory(u64);
+
+#[backend]
+impl Memory {
+    fn query(&mut self, _: u64) -> u64 {
+        self.0
+    }
+
+    fn read(&mut self, _: u64) {
+        self.0 += 1;
+    }
+}
+
+struct Slow;
+
+#[backend]
+impl Slow {
+    fn query(&mut self, n: u64) -> u64 {
+        std::thread::sleep(Duration::from_micros(100));
+        n
+    }
+}
+
+#[test]
+fn a_pipeline_delivers_in_order() -> Result<(), Box<dyn std::error::Error>> {
+    const N: u64 = 100_000;
+    let system = agent_system! {
+        a = Pass;
+        b = Pass;
+        c: Pass = Pass;
+        d = Pass;
+        a -> b;
+        b -> c;
+        c -> d;
+        d -> output(out);
+    }?;
+    for i in 0..N {
+        system.a.query(i)?;
+    }
+    assert!(system.out.iter().take(N as usize).eq(0..N));
+    let report = system.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.entity("d").unwrap().stats.handled, N);
+    Ok(())
+}
+
+#[test]
+fn fan_out_broadcasts_and_reads_answer_nothing() -> Result<(), Box<dyn std::error::Error>> {
+    let system = agent_system! {
+        source = Pass;
+        left = Pass;
+        right = Pass;
+        log = Memory::default();
+        source -> [left, right];
+        source ~> log;
+        left -> output(both);
+        right -> output(both);
+        log -> output(count);
+    }?;
+    for i in 0..3 {
+        system.source.query(i)?;
+    }
+    let mut both: Vec<u64> = system.both.iter().take(6).collect();
+    both.sort();
+    assert_eq!(both, [0, 0, 1, 1, 2, 2]);
+    system.log.query(0)?;
+    assert_eq!(system.count.recv()?, 3, "the log read all three and answered none of them");
+    assert!(system.count.try_recv().is_err());
+    let report = system.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    Ok(())
+}
+
+#[test]
+fn shutdown_loses_nothing_in_flight_and_options_apply() -> Result<(), Box<dyn std::error::Error>> {
+    let system = agent_system! {
+        fast = Pass;
+        #[bounded(4)]
+        slow = Slow;
+        fast -> slow;
+        slow -> output(out);
+    }?;
+    for i in 0..200 {
+        system.fast.query(i)?;
+    }
+    let out = system.out.clone();
+    let report = system.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(out.try_iter().collect::<Vec<_>>(), (0..200).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// Counts up to ten with its partner, then stops the system.
+struct Person;
+
+#[backend]
+impl Person {
+    fn query(&mut self, n: u64, ctx: &mut Context<u64>) -> Result<(), sophon::Error> {
+        if n >= 10 {
+            ctx.stop_system();
+            return Ok(());
+        }
+        ctx.send(n + 1)
+    }
+}
+
+#[test]
+fn a_declared_loop_runs_until_stopped() -> Result<(), Box<dyn std::error::Error>> {
+    let system = agent_system! {
+        person = Person;
+        model = Pass;
+        person -> model;
+        loop model -> person;
+    }?;
+    system.person.query(0)?;
+    let report = system.join();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.entity("model").unwrap().stats.handled, 10);
+    Ok(())
+}
+
+#[test]
+fn expressions_see_the_callers_variables_and_the_system_derefs() -> Result<(), Box<dyn std::error::Error>> {
+    let start = 5;
+    let system = agent_system! {
+        memory = Memory(start);
+        memory -> output(out);
+    }?;
+    system.memory.query(0)?;
+    assert_eq!(system.out.recv()?, 5);
+    assert_eq!(system.entity_names().collect::<Vec<_>>(), ["memory"]);
+    let failures = system.failures();
+    drop(system);
+    assert!(failures.try_recv().is_err());
+    Ok(())
+}
