@@ -44,7 +44,7 @@ pub(crate) fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a s
     candidates
         .into_iter()
         .map(|c| (distance(name, c), c))
-        .filter(|&(d, c)| d <= (name.len().max(c.len()) / 3).max(1))
+        .filter(|&(d, c)| d <= name.len().max(c.len()) / 3)
         .min_by_key(|&(d, _)| d)
         .map(|(_, c)| c)
 }
@@ -64,5 +64,6 @@ mod tests {
     fn closest_suggests_only_likely_typos() {
         assert_eq!(closest("shoter", ["shouter", "greeter"]), Some("shouter"));
         assert_eq!(closest("database", ["shouter", "greeter"]), None);
+        assert_eq!(closest("c", ["a", "b"]), None, "one-letter names are not typos of each other");
     }
 }

@@ -107,22 +107,24 @@ fn check_signature<'a>(f: &'a ImplItemFn, takes_input: bool, errors: &mut Errors
         (true, [input]) => (Some(&*input.ty), None),
         (true, [input, ctx]) => (Some(&*input.ty), Some(&*ctx.ty)),
         (false, []) => (None, None),
-        (false, [ctx]) => (None, Some(&*ctx.ty)),
+        (false, [ctx]) if context_output(&ctx.ty).is_some() => (None, Some(&*ctx.ty)),
+        (false, [input]) => {
+            errors.spanned(input, expected);
+            return None;
+        }
         _ => {
             errors.spanned(&sig.inputs, expected);
             return None;
         }
     };
-    if let Some(ctx) = ctx {
-        if context_output(ctx).is_none() {
-            errors.spanned(
-                ctx,
-                format!(
-                    "the last parameter of `{name}` is the agent's context; write `ctx: &mut sophon::Context<Out>`"
-                ),
-            );
-            ok = false;
-        }
+    if let Some(ctx) = ctx
+        && context_output(ctx).is_none()
+    {
+        errors.spanned(
+            ctx,
+            format!("the last parameter of `{name}` is the agent's context; write `ctx: &mut sophon::Context<Out>`"),
+        );
+        ok = false;
     }
     ok.then_some(Params { input, ctx })
 }

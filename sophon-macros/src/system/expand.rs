@@ -10,14 +10,14 @@ use syn::Ident;
 use super::check::Options;
 use super::graph::{Graph, Kind};
 
-/// A local of the expansion: placed at `at` in the user's source (so errors point there) but
-/// resolved with mixed-site hygiene (so the user's expressions cannot see it).
+/// A local of the expansion, placed at `at` in the user's source so that rustc's errors about it
+/// point there. Its `__sophon_` prefix keeps it apart from the user's own names.
 fn local(prefix: &str, name: &Ident, at: Span) -> Ident {
-    format_ident!("__sophon_{}_{}", prefix, name, span = at.resolved_at(Span::mixed_site()))
+    format_ident!("__sophon_{}_{}", prefix, name, span = at)
 }
 
 pub(super) fn expand(graph: &Graph<'_>, options: &[Options]) -> TokenStream {
-    let builder = Ident::new("__sophon_builder", Span::mixed_site());
+    let builder = Ident::new("__sophon_builder", Span::call_site());
     let mut seen = std::collections::HashSet::new();
     // Entities declared once keep their place; a repeated name (already reported) is skipped.
     let entities: Vec<(usize, &syn::Ident)> = graph
@@ -82,7 +82,7 @@ pub(super) fn expand(graph: &Graph<'_>, options: &[Options]) -> TokenStream {
         }
     });
 
-    let system = Ident::new("__sophon_system", Span::mixed_site());
+    let system = Ident::new("__sophon_system", Span::call_site());
     let field_names: Vec<&Ident> =
         entities.iter().map(|&(_, name)| name).chain(outputs.values().map(|(name, _)| *name)).collect();
     let params: Vec<Ident> = (0..field_names.len()).map(|i| format_ident!("__T{}", i)).collect();

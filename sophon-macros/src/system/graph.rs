@@ -44,7 +44,7 @@ impl<'a> Graph<'a> {
             .statements
             .iter()
             .filter_map(|s| match s {
-                Statement::Entity(e) => Some(e),
+                Statement::Entity(e) => Some(&**e),
                 Statement::Edge(_) => None,
             })
             .collect();

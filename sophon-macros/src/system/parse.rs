@@ -26,7 +26,7 @@ pub(super) struct SystemInput {
 }
 
 pub(super) enum Statement {
-    Entity(Entity),
+    Entity(Box<Entity>),
     Edge(Edge),
 }
 
@@ -95,7 +95,7 @@ impl Parse for SystemInput {
 impl Parse for Statement {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         if input.peek(Token![#]) || (input.peek(Ident) && (input.peek2(Token![:]) || input.peek2(Token![=]))) {
-            return input.parse().map(Statement::Entity);
+            return input.parse().map(|e| Statement::Entity(Box::new(e)));
         }
         if input.peek(Token![loop]) || (input.peek(Ident) && (input.peek2(Token![->]) || input.peek2(Token![~]))) {
             return input.parse().map(Statement::Edge);

@@ -1,0 +1,20 @@
+// The same edge is declared twice, once as a query and once as a read.
+use sophon::{agent_system, backend};
+
+struct Pass;
+
+#[backend]
+impl Pass {
+    fn query(&mut self, n: u32) -> u32 {
+        n
+    }
+}
+
+fn main() {
+    let _ = agent_system! {
+        a = Pass;
+        b = Pass;
+        a -> b;
+        a ~> b;
+    };
+}

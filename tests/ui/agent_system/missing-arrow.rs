@@ -1,0 +1,19 @@
+// An edge is written without an arrow.
+use sophon::{agent_system, backend};
+
+struct Pass;
+
+#[backend]
+impl Pass {
+    fn query(&mut self, n: u32) -> u32 {
+        n
+    }
+}
+
+fn main() {
+    let _ = agent_system! {
+        a = Pass;
+        b = Pass;
+        a b;
+    };
+}

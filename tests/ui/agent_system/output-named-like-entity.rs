@@ -1,0 +1,19 @@
+// An output is given the name of an entity.
+use sophon::{agent_system, backend};
+
+struct Pass;
+
+#[backend]
+impl Pass {
+    fn query(&mut self, n: u32) -> u32 {
+        n
+    }
+}
+
+fn main() {
+    let _ = agent_system! {
+        a = Pass;
+        b = Pass;
+        a -> output(b);
+    };
+}
