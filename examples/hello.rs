@@ -1,74 +1,69 @@
-//! Three agents in a row: a greeter, a shouter and a printer.
+//! Three agents in a row: a greeter, a shouter and a printer, derived with `#[backend]` and wired
+//! with `agent_system!`.
 //!
 //! Run with `cargo run --example hello`. It prints three greetings and exits by itself.
 
 use std::time::Duration;
 
-use sophon::{Backend, BoxError, Context, SystemBuilder};
+use sophon::{Context, agent_system, backend};
 
 /// Turns a name into a greeting.
 struct Greeter;
 
-impl Backend for Greeter {
-    type Input = String;
-    type Output = String;
-
-    fn query(&mut self, name: String, ctx: &mut Context<String>) -> Result<(), BoxError> {
-        Ok(ctx.send(format!("hello, {name}"))?)
+#[backend]
+impl Greeter {
+    fn query(&mut self, name: String) -> String {
+        format!("hello, {name}")
     }
 }
 
 /// Shouts what it is given.
 struct Shouter;
 
-impl Backend for Shouter {
-    type Input = String;
-    type Output = String;
-
-    fn query(&mut self, text: String, ctx: &mut Context<String>) -> Result<(), BoxError> {
-        Ok(ctx.send(format!("{}!", text.to_uppercase()))?)
+#[backend]
+impl Shouter {
+    fn query(&mut self, text: String) -> String {
+        format!("{}!", text.to_uppercase())
     }
 }
 
-/// Prints what it reads and counts it; asks the system to stop after `expected` lines.
+/// Prints what it reads; asks the system to stop once it has printed `expected` lines.
 struct Printer {
     printed: usize,
     expected: usize,
 }
 
-impl Backend for Printer {
-    type Input = String;
-    type Output = ();
-
-    fn query(&mut self, line: String, ctx: &mut Context<()>) -> Result<(), BoxError> {
-        self.read(line, ctx)
+#[backend]
+impl Printer {
+    fn query(&mut self, line: String, ctx: &mut Context<()>) {
+        self.read(line, ctx);
     }
 
-    fn read(&mut self, line: String, ctx: &mut Context<()>) -> Result<(), BoxError> {
+    fn read(&mut self, line: String, ctx: &mut Context<()>) {
         println!("{line}");
         self.printed += 1;
         if self.printed == self.expected {
             ctx.stop_system();
         }
-        Ok(())
     }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let names = ["world", "sophon", "agents"];
-    let mut builder = SystemBuilder::new();
-    let greeter = builder.entity("greeter", Greeter);
-    let shouter = builder.entity("shouter", Shouter);
-    let printer = builder.entity("printer", Printer { printed: 0, expected: names.len() });
-    builder.query_edge(&greeter, &shouter).read_edge(&shouter, &printer);
-    let system = builder.spawn()?;
+    let system = agent_system! {
+        greeter = Greeter;
+        shouter = Shouter;
+        printer = Printer { printed: 0, expected: names.len() };
+        greeter -> shouter;
+        shouter ~> printer;
+    }?;
 
     for name in names {
-        system.handle(&greeter).query(name.to_string())?;
+        system.greeter.query(name.to_string())?;
     }
     system.wait_for_stop(Some(Duration::from_secs(10)));
     let report = system.shutdown(Duration::from_secs(5));
-    eprint!("{report}");
+    eprint!("\n{report}");
     if !report.is_clean() {
         return Err("the system did not shut down cleanly".into());
     }

@@ -8,19 +8,233 @@
 //! checks (every problem reported, each at its own tokens), then `expand` (code generation,
 //! for a model known to be valid).
 
+#![warn(missing_docs)]
+#![doc(test(attr(deny(warnings))))]
+
 mod backend;
 mod errors;
 mod system;
 
 use proc_macro::TokenStream;
 
-/// Derives [`Backend`] for a type from the handlers in its impl block.
+/// Derives `sophon::Backend` for a type from the handlers in its impl block.
+///
+/// Put it on the type's inherent impl block. The handlers are ordinary methods, found by name;
+/// the block's other methods stay as they are. State lives in the type's fields.
+///
+/// | handler | signature | |
+/// | --- | --- | --- |
+/// | `query` | `fn query(&mut self, input: In) -> R` | required; its parameter is the backend's input type |
+/// | | `fn query(&mut self, input: In, ctx: &mut Context<Out>) -> ()` or `-> Result<(), E>` | sends through the context itself (routing by name, several answers) |
+/// | `read` | `fn read(&mut self, input: In)`, optionally `ctx` | optional; returns `()` or `Result<(), E>`; takes the same input as `query` |
+/// | `nop` | `fn nop(&mut self)`, optionally `ctx` | optional cleanup; returns `()` or `Result<(), E>` |
+///
+/// What `query` returns is sent to every sibling (so it must be `Clone`), read from the return
+/// type as written:
+///
+/// | returns | output type | what is sent |
+/// | --- | --- | --- |
+/// | `T` | `T` | the value |
+/// | `Option<T>` | `T` | the value, if there is one |
+/// | `Result<T, E>` | `T` | the value; an `Err` is reported by the runtime |
+/// | `Result<Option<T>, E>` | `T` | the value if there is one; an `Err` is reported |
+/// | `()` or `Result<(), E>` | `()` | `()`, a signal that the query was handled |
+///
+/// `E` is any error that converts into `sophon::BoxError` (any `std::error::Error + Send +
+/// Sync`, `String`, `&str`). Handlers must take `&mut self`, and may not be generic or `async`;
+/// the impl block itself may be generic. The attribute takes no arguments. Each misuse is a
+/// compile error on the offending tokens that says what to write instead.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use sophon::{backend, SystemBuilder};
+///
+/// /// Keeps a running total.
+/// #[derive(Default)]
+/// struct Total {
+///     sum: i64,
+/// }
+///
+/// #[backend]
+/// impl Total {
+///     /// A query adds and answers the new total.
+///     fn query(&mut self, n: i64) -> i64 {
+///         self.sum += n;
+///         self.sum
+///     }
+///
+///     /// A read adds and answers nothing.
+///     fn read(&mut self, n: i64) {
+///         self.sum += n;
+///     }
+/// }
+///
+/// let mut builder = SystemBuilder::new();
+/// let total = builder.entity("total", Total::default());
+/// let out = builder.output(&total, "out");
+/// let system = builder.spawn()?;
+/// system.handle(&total).read(5)?;
+/// system.handle(&total).query(2)?;
+/// assert_eq!(out.recv()?, 7);
+/// assert!(system.shutdown(Duration::from_secs(5)).is_clean());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Taking the context routes by sibling name:
+///
+/// ```
+/// use sophon::{backend, Context, Error};
+///
+/// struct Router;
+///
+/// #[backend]
+/// impl Router {
+///     fn query(&mut self, n: u32, ctx: &mut Context<u32>) -> Result<(), Error> {
+///         ctx.send_to(if n % 2 == 0 { "even" } else { "odd" }, n)
+///     }
+/// }
+/// # let _ = Router;
+/// ```
 #[proc_macro_attribute]
 pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
     backend::expand(args.into(), item.into()).into()
 }
 
 /// Declares a graph of agents, checks it at compile time and spawns it.
+///
+/// It expands to calls of `sophon::SystemBuilder`, the same ones a person would write, and
+/// evaluates to `Result<AgentSystem, sophon::BuildError>` (an error only when the operating
+/// system refuses a thread). `AgentSystem` has a typed `sophon::Handle` for each entity and a
+/// `crossbeam_channel::Receiver` for each output, as fields named as declared, plus
+/// `shutdown(deadline)`, `join()` and `into_system()`; it derefs to `sophon::System`.
+///
+/// # Grammar
+///
+/// Statements end with `;`.
+///
+/// ```text
+/// name = expr;                     an entity running the backend `expr`; its type is inferred
+/// name: Type = expr;               the same, with the backend's type written out
+/// #[bounded(16)] name = expr;      an entity option: a queue of at most 16 messages
+/// a -> b;                          a query edge: `b` gets `a`'s output as a query, and answers
+/// a ~> b;                          a read edge: `b` gets `a`'s output as a read, answers nothing
+/// a -> [b, c, d];                  fan-out: one edge to each target (also with `~>`)
+/// loop a -> b;                     a query edge that closes an intended loop (a conversation)
+/// a -> output(answers);            everything `a` sends, on a channel field `answers`
+/// ```
+///
+/// An edge `a -> b` needs `b`'s input to implement `From<a's output>`. Several entities may feed
+/// one output.
+///
+/// # Checked at compile time
+///
+/// Each is an error on the offending tokens, and one build reports them all: an edge to an
+/// unknown entity (with the closest name as a hint), an entity declared twice, an edge declared
+/// twice, an edge from an entity to itself unless declared `loop`, a cycle of query edges not
+/// declared `loop` (each edge of it is marked, naming the whole cycle), `loop` on a read edge, an
+/// unknown entity option or a malformed option value, an output named like an entity, and an
+/// edge whose types do not fit (reported by rustc, at the edge's target).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use sophon::{agent_system, backend};
+///
+/// struct Greeter;
+///
+/// #[backend]
+/// impl Greeter {
+///     fn query(&mut self, name: String) -> String {
+///         format!("hello, {name}")
+///     }
+/// }
+///
+/// struct Shouter;
+///
+/// #[backend]
+/// impl Shouter {
+///     fn query(&mut self, text: String) -> String {
+///         text.to_uppercase()
+///     }
+/// }
+///
+/// /// Counts what it reads; a query answers the count.
+/// #[derive(Default)]
+/// struct Log(usize);
+///
+/// #[backend]
+/// impl Log {
+///     fn query(&mut self, _: String) -> usize {
+///         self.0
+///     }
+///
+///     fn read(&mut self, _: String) {
+///         self.0 += 1;
+///     }
+/// }
+///
+/// let system = agent_system! {
+///     greeter = Greeter;
+///     shouter = Shouter;
+///     #[bounded(64)]
+///     log: Log = Log::default();
+///     greeter -> shouter;
+///     greeter ~> log;
+///     shouter -> output(answers);
+///     log -> output(counts);
+/// }?;
+///
+/// system.greeter.query("world".to_string())?;
+/// assert_eq!(system.answers.recv()?, "HELLO, WORLD");
+/// system.log.query(String::new())?;
+/// assert_eq!(system.counts.recv()?, 1);
+///
+/// let report = system.shutdown(Duration::from_secs(5));
+/// assert!(report.is_clean());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// A loop is declared where it closes, and runs until a backend asks the system to stop:
+///
+/// ```
+/// use sophon::{agent_system, backend, Context, Error};
+///
+/// struct Person;
+///
+/// #[backend]
+/// impl Person {
+///     fn query(&mut self, turn: u32, ctx: &mut Context<u32>) -> Result<(), Error> {
+///         if turn == 3 {
+///             ctx.stop_system(); // as a person typing `/quit` would
+///             return Ok(());
+///         }
+///         ctx.send(turn + 1)
+///     }
+/// }
+///
+/// struct Model;
+///
+/// #[backend]
+/// impl Model {
+///     fn query(&mut self, turn: u32) -> u32 {
+///         turn
+///     }
+/// }
+///
+/// let system = agent_system! {
+///     person = Person;
+///     model = Model;
+///     person -> model;
+///     loop model -> person;
+/// }?;
+/// system.person.query(0)?;
+/// let report = system.join();
+/// assert_eq!(report.entity("model").unwrap().stats.handled, 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[proc_macro]
 pub fn agent_system(input: TokenStream) -> TokenStream {
     system::expand(input.into()).into()

@@ -6,6 +6,17 @@ use quote::{quote, quote_spanned};
 use super::check::{Handler, Model, Returns};
 
 pub(super) fn expand(item: &syn::ItemImpl, model: &Model) -> TokenStream {
+    // sophon fixes the handlers' receiver to `&mut self`, whether or not a handler uses state.
+    let mut item = item.clone();
+    for handler in item.items.iter_mut().filter_map(|i| match i {
+        syn::ImplItem::Fn(f) if ["query", "read", "nop"].iter().any(|n| f.sig.ident == n) => Some(f),
+        _ => None,
+    }) {
+        handler.attrs.push(syn::parse_quote!(
+            #[allow(clippy::unused_self, reason = "sophon's handlers take `&mut self` whether they use state or not")]
+        ));
+    }
+    let item = &item;
     let self_ty = &item.self_ty;
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
     let Model { input, output, query, read, nop } = model;
