@@ -127,6 +127,36 @@ mod pipeline {
         });
         system.shutdown(sophon::DEFAULT_SHUTDOWN_DEADLINE);
     }
+    /// The same pipeline declared with the macros: `#[backend]` and `agent_system!` expand to
+    /// the builder calls above, so this should match `sophon`.
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn sophon_macro(bencher: Bencher<'_, '_>) {
+        struct Stage;
+
+        #[sophon::backend]
+        impl Stage {
+            fn query(&mut self, n: u64) -> u64 {
+                n
+            }
+        }
+
+        let system = sophon::agent_system! {
+            s0 = Stage; s1 = Stage; s2 = Stage; s3 = Stage;
+            s4 = Stage; s5 = Stage; s6 = Stage; s7 = Stage;
+            s0 -> s1; s1 -> s2; s2 -> s3; s3 -> s4; s4 -> s5; s5 -> s6; s6 -> s7;
+            s7 -> output(out);
+        }
+        .unwrap();
+        bencher.counter(ItemsCount::new(N)).bench_local(|| {
+            for i in 0..N {
+                system.s0.query(i).unwrap();
+            }
+            for _ in 0..N {
+                system.out.recv().unwrap();
+            }
+        });
+        system.shutdown(sophon::DEFAULT_SHUTDOWN_DEADLINE);
+    }
 }
 
 /// One producer broadcasting 100,000 messages to 16 consumers; each consumer reports once it has
