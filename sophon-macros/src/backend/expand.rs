@@ -108,19 +108,8 @@ pub(super) fn expand(item: &syn::ItemImpl, model: &Model) -> TokenStream {
 }
 
 fn handler_call(self_ty: &syn::Type, name: TokenStream, input: Option<TokenStream>, h: &Handler) -> TokenStream {
-    let mut args = vec![quote!(self)];
-    args.extend(input);
-    if h.takes_ctx {
-        args.push(quote!(__ctx));
-    } else {
-        args.push(quote!());
-        args.pop();
-        // The context is unused when the handler does not take it.
-        return if h.fallible {
-            quote!(let _ = __ctx; <#self_ty>::#name(#(#args),*)?;)
-        } else {
-            quote!(let _ = __ctx; <#self_ty>::#name(#(#args),*);)
-        };
-    }
-    if h.fallible { quote!(<#self_ty>::#name(#(#args),*)?;) } else { quote!(<#self_ty>::#name(#(#args),*);) }
+    let input = input.into_iter();
+    let (ctx, unused_ctx) = if h.takes_ctx { (quote!(, __ctx), quote!()) } else { (quote!(), quote!(let _ = __ctx;)) };
+    let question = if h.fallible { quote!(?) } else { quote!() };
+    quote!(#unused_ctx <#self_ty>::#name(self #(, #input)* #ctx) #question;)
 }
