@@ -14,7 +14,7 @@ use std::fmt;
 /// use sophon::Message;
 ///
 /// let m = Message::Query("hello");
-/// assert_eq!(m.kind(), Some(sophon::HandlerKind::Query));
+/// assert_eq!(m.kind(), sophon::HandlerKind::Query);
 /// assert_eq!(m.into_body(), Some("hello"));
 /// assert_eq!(Message::<&str>::Nop.into_body(), None);
 /// ```
@@ -38,11 +38,11 @@ impl<T> Message<T> {
     }
 
     /// The handler this message runs, as a [`HandlerKind`].
-    pub fn kind(&self) -> Option<HandlerKind> {
+    pub fn kind(&self) -> HandlerKind {
         match self {
-            Message::Query(_) => Some(HandlerKind::Query),
-            Message::Read(_) => Some(HandlerKind::Read),
-            Message::Nop => Some(HandlerKind::Nop),
+            Message::Query(_) => HandlerKind::Query,
+            Message::Read(_) => HandlerKind::Read,
+            Message::Nop => HandlerKind::Nop,
         }
     }
 }
