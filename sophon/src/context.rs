@@ -247,6 +247,30 @@ impl<O: Send + 'static> Context<O> {
         Self::deliver(&self.siblings[i], out, &self.core, &mut self.sent, &mut self.outputs)
     }
 
+    /// Sends `out` to every sibling but the one called `name` (which need not exist), as
+    /// [`send`](Self::send) does: the first refusal is returned.
+    pub fn send_except(&mut self, name: &str, out: O) -> Result<(), Error>
+    where
+        O: Clone,
+    {
+        let count = self.siblings.iter().filter(|s| &*s.name != name).count();
+        if count == 0 {
+            return Ok(());
+        }
+        self.count_sent(count as u64);
+        let mut first_err = None;
+        let mut out = Some(out);
+        let mut left = count;
+        for sibling in self.siblings.iter().filter(|s| &*s.name != name) {
+            left -= 1;
+            let body = if left == 0 { out.take() } else { out.clone() }.expect("taken only by the last");
+            if let Err(e) = Self::deliver(sibling, body, &self.core, &mut self.sent, &mut self.outputs) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     /// Asks the whole system to stop, as a person typing `/quit` would. The system's owner sees
     /// the request through [`System::wait_for_stop`](crate::System::wait_for_stop) or
     /// [`System::join`](crate::System::join), which then shuts the system down gracefully.

@@ -64,6 +64,7 @@
 extern crate self as sophon;
 
 mod agent;
+pub mod backends;
 mod backend;
 mod builder;
 mod context;

@@ -1,0 +1,131 @@
+//! A person talks to a language model: two backends and two edges.
+//!
+//! ```text
+//! cargo run --release --example chat                       # SmolLM2-135M on this CPU, offline
+//! cargo run --release --example chat -- --http URL --model NAME   # an OpenAI-compatible server
+//! ```
+//!
+//! Options: `--system PROMPT`, `--max-tokens N`, `--seed N`, `--model-path FILE` (a GGUF chat
+//! model; else `$SOPHON_MODEL`, else the cache directory). With `--http`, `OPENAI_API_KEY` is
+//! sent if set, and `--model` defaults to `$OPENAI_MODEL`.
+//!
+//! Type `/quit`, or end the input, to leave. With piped input it runs without a terminal and
+//! exits at the end of the input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sophon::backends::llm::{ChatOptions, HttpLlm, LocalLlm};
+use sophon::backends::person::Person;
+use sophon::crossbeam_channel::RecvTimeoutError;
+use sophon::{BoxBackend, EntityOptions, SystemBuilder};
+
+const USAGE: &str = "usage: chat [--http URL [--model NAME]] [--model-path FILE] [--system PROMPT] \
+                     [--max-tokens N] [--seed N]";
+
+#[derive(Debug, Default)]
+struct Args {
+    http: Option<String>,
+    model: Option<String>,
+    model_path: Option<PathBuf>,
+    system: Option<String>,
+    max_tokens: Option<usize>,
+    seed: Option<u64>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("`{flag}` needs a value"));
+        match flag.as_str() {
+            "--http" => args.http = Some(value()?),
+            "--model" => args.model = Some(value()?),
+            "--model-path" => args.model_path = Some(value()?.into()),
+            "--system" => args.system = Some(value()?),
+            "--max-tokens" => args.max_tokens = Some(value()?.parse().map_err(|e| format!("`--max-tokens`: {e}"))?),
+            "--seed" => args.seed = Some(value()?.parse().map_err(|e| format!("`--seed`: {e}"))?),
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chat: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse_args()?;
+    let mut options = ChatOptions::new().system_prompt(
+        args.system.unwrap_or_else(|| "You are a helpful assistant. Answer briefly.".into()),
+    );
+    if let Some(n) = args.max_tokens {
+        options = options.max_tokens(n);
+    }
+    if let Some(seed) = args.seed {
+        options = options.seed(seed);
+    }
+
+    let (model, name): (BoxBackend<String, String>, String) = match args.http {
+        Some(url) => {
+            let name = match args.model.or_else(|| std::env::var("OPENAI_MODEL").ok()) {
+                Some(name) => name,
+                None => return Err("`--http` needs `--model NAME` or `OPENAI_MODEL`".into()),
+            };
+            let mut llm = HttpLlm::new(url, name.clone()).options(options);
+            if let Ok(key) = std::env::var("OPENAI_API_KEY") {
+                llm = llm.api_key(key);
+            }
+            (Box::new(llm), name)
+        }
+        None => {
+            eprintln!("chat: loading the model...");
+            let llm = LocalLlm::load(args.model_path.as_deref(), options)?;
+            let name = llm.path().file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
+            (Box::new(llm), name)
+        }
+    };
+
+    // person -> model: what the person types is a query to the model;
+    // model -> person: the reply is a query back, so the person answers it. The two edges make
+    // a loop, declared as intended.
+    let mut builder = SystemBuilder::new();
+    let person = builder.entity("person", Person::terminal().prompt("you> ").label("model> "));
+    let model = builder.boxed_entity("model", model, EntityOptions::new());
+    builder.query_edge(&person, &model);
+    builder.loop_edge(&model, &person);
+    let system = builder.spawn()?;
+
+    println!("Talking to {name}. Type /quit or end the input to leave.");
+    system.handle(&person).query(String::new())?;
+
+    // A failed reply is reported here, and the person gets the floor back.
+    let failures = system.failures();
+    while !system.stop_requested() {
+        match failures.recv_timeout(Duration::from_millis(50)) {
+            Ok(failure) => {
+                eprintln!("chat: {failure}");
+                if failure.entity == "model" {
+                    system.handle(&person).query(String::new())?;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let report = system.shutdown(Duration::from_secs(30));
+    if !report.is_clean() {
+        eprintln!("{report}");
+        return Err("the conversation did not end cleanly".into());
+    }
+    Ok(())
+}
