@@ -65,9 +65,8 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
-    let mut options = ChatOptions::new().system_prompt(
-        args.system.unwrap_or_else(|| "You are a helpful assistant. Answer briefly.".into()),
-    );
+    let mut options = ChatOptions::new()
+        .system_prompt(args.system.unwrap_or_else(|| "You are a helpful assistant. Answer briefly.".into()));
     if let Some(n) = args.max_tokens {
         options = options.max_tokens(n);
     }

@@ -64,8 +64,8 @@
 extern crate self as sophon;
 
 mod agent;
-pub mod backends;
 mod backend;
+pub mod backends;
 mod builder;
 mod context;
 mod entity;

@@ -85,7 +85,14 @@ impl Person {
 
     /// A person who only reads what reaches them, on `output`, and never answers: a display.
     pub fn passive(output: impl Write + Send + 'static) -> Self {
-        Person { input: None, output: Box::new(output), prompt: String::new(), label: String::new(), echo: false, left: false }
+        Person {
+            input: None,
+            output: Box::new(output),
+            prompt: String::new(),
+            label: String::new(),
+            echo: false,
+            left: false,
+        }
     }
 
     /// The prompt shown before the person types (default `"> "`).

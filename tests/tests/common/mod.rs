@@ -43,3 +43,24 @@ where
 pub(crate) fn pass<T: Clone + Send + 'static>() -> impl Backend<Input = T, Output = T> {
     from_fn(|x: T, ctx: &mut Context<T>| Ok(ctx.send(x)?))
 }
+
+/// A writer whose bytes a test can read back while a backend holds a clone.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SharedBuf {
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,4 +1,4 @@
-// An edge sends a `String` to an entity that takes a `u32`.
+// An edge sends a `String` to an entity that takes a `Count`, which cannot be made from one.
 use sophon::{agent_system, backend};
 
 struct Words;
@@ -10,12 +10,14 @@ impl Words {
     }
 }
 
+struct Count(u32);
+
 struct Numbers;
 
 #[backend]
 impl Numbers {
-    fn query(&mut self, n: u32) -> u32 {
-        n
+    fn query(&mut self, n: Count) -> u32 {
+        n.0
     }
 }
 

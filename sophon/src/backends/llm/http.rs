@@ -271,7 +271,9 @@ impl HttpLlm {
                     }
                 }
                 Err(_) if attempts <= self.retries => None,
-                Err(e) => return Err(HttpError::Unreachable { url: self.endpoint.clone(), reason: e.to_string(), attempts }),
+                Err(e) => {
+                    return Err(HttpError::Unreachable { url: self.endpoint.clone(), reason: e.to_string(), attempts });
+                }
             };
             let backoff = self.backoff.saturating_mul(1 << (attempts - 1).min(16));
             thread::sleep(retry_in.map_or(backoff, |r| r.max(backoff)).min(MAX_BACKOFF));

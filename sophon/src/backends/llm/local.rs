@@ -241,10 +241,17 @@ impl LocalLlm {
         &self.conversation
     }
 
+    /// How many tokens `text` is to this model.
+    pub fn count_tokens(&self, text: &str) -> Result<usize, LocalLlmError> {
+        Ok(self.tokenizer.encode(text, false).map_err(generate_error)?.len())
+    }
+
     /// The prompt for `messages`, rendered with the model's chat template.
     fn render(&self, messages: &[Turn]) -> Result<String, LocalLlmError> {
-        let messages: Vec<HashMap<&str, &str>> =
-            messages.iter().map(|t| HashMap::from([("role", t.role.as_str()), ("content", t.content.as_str())])).collect();
+        let messages: Vec<HashMap<&str, &str>> = messages
+            .iter()
+            .map(|t| HashMap::from([("role", t.role.as_str()), ("content", t.content.as_str())]))
+            .collect();
         let template = self.template.get_template("chat").map_err(generate_error)?;
         template
             .render(minijinja::context! {
@@ -293,7 +300,8 @@ impl LocalLlm {
         let mut generated: Vec<u32> = Vec::with_capacity(self.options.max_tokens);
         self.model.clear_kv_cache();
 
-        let mut input = Tensor::new(prompt.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(generate_error)?;
+        let mut input =
+            Tensor::new(prompt.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(generate_error)?;
         let mut position = 0;
         while generated.len() < self.options.max_tokens {
             let logits = self.model.forward(&input, position).and_then(|l| l.squeeze(0)).map_err(generate_error)?;
@@ -324,7 +332,11 @@ impl LocalLlm {
 /// A byte-level BPE tokenizer (GPT-2's scheme, as SmolLM2 and Llama 3 use) from a GGUF's
 /// vocabulary and merges. Control tokens (type 3) become special tokens, so that chat-template
 /// markers such as `<|im_start|>` are one token each.
-fn byte_level_tokenizer(tokens: &[String], merges: &[String], types: Option<&[gguf_file::Value]>) -> Result<Tokenizer, BoxError> {
+fn byte_level_tokenizer(
+    tokens: &[String],
+    merges: &[String],
+    types: Option<&[gguf_file::Value]>,
+) -> Result<Tokenizer, BoxError> {
     let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     let merges = merges
         .iter()
@@ -333,7 +345,10 @@ fn byte_level_tokenizer(tokens: &[String], merges: &[String], types: Option<&[gg
     let bpe = BPE::builder().vocab_and_merges(vocab, merges).build()?;
     let mut tokenizer = Tokenizer::new(bpe);
     // Digits one by one, then GPT-2's split: what llama.cpp's `smollm` and `llama3` pre-tokenizers do.
-    tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()])));
+    tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+        Digits::new(true).into(),
+        ByteLevel::new(false, true, true).into(),
+    ])));
     tokenizer.with_decoder(Some(ByteLevel::default()));
     let special: Vec<AddedToken> = types
         .unwrap_or_default()
