@@ -112,6 +112,7 @@ pub fn fetch_command() -> String {
 ///
 /// // The default model, from `$SOPHON_MODEL` or the cache directory.
 /// let model = LocalLlm::load(None, ChatOptions::new().max_tokens(64))?;
+/// println!("loaded {}", model.path().display());
 /// # Ok::<(), sophon::backends::llm::LocalLlmError>(())
 /// ```
 pub struct LocalLlm {
