@@ -60,9 +60,7 @@ impl FakeServer {
             for (i, stream) in listener.incoming().enumerate() {
                 let Ok(stream) = stream else { return };
                 let reply = script[i.min(script.len() - 1)].clone();
-                if let Some(request) = serve(stream, reply) {
-                    seen.lock().unwrap().push(request);
-                }
+                serve(stream, reply, &seen);
             }
         });
         FakeServer { url, requests }
@@ -73,7 +71,8 @@ impl FakeServer {
     }
 }
 
-fn serve(stream: TcpStream, reply: Reply) -> Option<Request> {
+/// Reads one request, records it, then answers it: a test that has the answer sees the request.
+fn serve(stream: TcpStream, reply: Reply, seen: &Mutex<Vec<Request>>) -> Option<()> {
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut head = String::new();
     loop {
@@ -92,6 +91,7 @@ fn serve(stream: TcpStream, reply: Reply) -> Option<Request> {
         .unwrap_or(0);
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
+    seen.lock().unwrap().push(Request { head, body: serde_json::from_slice(&body).ok()? });
     let mut out = stream;
     match reply {
         Reply::Plain(code, headers, body) => {
@@ -117,7 +117,7 @@ fn serve(stream: TcpStream, reply: Reply) -> Option<Request> {
             write_events(&mut out, rest)?;
         }
     }
-    Some(Request { head, body: serde_json::from_slice(&body).ok()? })
+    Some(())
 }
 
 fn write_events(out: &mut TcpStream, events: Vec<String>) -> Option<()> {

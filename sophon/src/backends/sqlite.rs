@@ -153,7 +153,7 @@ impl SqliteStore {
     /// Runs `statement` and collects what it returns.
     pub fn run(&mut self, statement: &Statement) -> Result<Rows, rusqlite::Error> {
         let mut prepared = self.connection.prepare(&statement.sql)?;
-        let columns: Vec<String> = prepared.column_names().into_iter().map(str::to_owned).collect();
+        let columns: Vec<String> = prepared.column_names().map(str::to_owned).collect();
         let width = columns.len();
         let mut rows = Vec::new();
         let mut cursor = prepared.query(params_from_iter(&statement.params))?;
