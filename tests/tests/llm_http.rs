@@ -322,3 +322,23 @@ fn connection_refused_is_an_error_after_the_retries() {
     let model = report.entity("model").unwrap();
     assert_eq!((model.stats.handled, model.stats.errors, model.state), (2, 2, EntityState::Stopped));
 }
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    // It accepts the connection and reads the request, then says nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let (done, finished) = sophon::crossbeam_channel::bounded::<()>(1);
+    thread::spawn(move || {
+        let (_stream, _) = listener.accept().unwrap();
+        let _ = finished.recv();
+    });
+    let h = harness(quick(&url).timeout(Duration::from_millis(300)).retries(0));
+    let asked = std::time::Instant::now();
+    h.model.query("hello?".into()).unwrap();
+    let failure = h.failures.recv_timeout(WAIT).unwrap();
+    assert!(asked.elapsed() >= Duration::from_millis(300));
+    assert!(failure.error.starts_with(&format!("cannot reach `{url}/chat/completions` (")), "{}", failure.error);
+    assert!(failure.error.contains("timeout") || failure.error.contains("timed out"), "{}", failure.error);
+    drop(done);
+}
