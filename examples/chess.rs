@@ -63,7 +63,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let system = builder.spawn()?;
 
-    let report = system.join();
+    // A side that fails (an engine process that dies, say) cannot answer: the game is over.
+    let failures = system.failures();
+    while !system.wait_for_stop(Some(Duration::from_millis(50))) {
+        if let Ok(failure) = failures.try_recv() {
+            eprintln!("chess: {failure}; the game is abandoned");
+            system.request_stop();
+        }
+    }
+    let report = system.shutdown(Duration::from_secs(10));
     println!("{} moves: {}", game.moves().len(), game.moves().join(" "));
     if !report.is_clean() {
         eprintln!("{report}");
