@@ -28,6 +28,8 @@ use proc_macro::TokenStream;
 /// | | `fn query(&mut self, input: In, ctx: &mut Context<Out>) -> ()` or `-> Result<(), E>` | sends through the context itself (routing by name, several answers) |
 /// | `read` | `fn read(&mut self, input: In)`, optionally `ctx` | optional; returns `()` or `Result<(), E>`; takes the same input as `query` |
 /// | `nop` | `fn nop(&mut self)`, optionally `ctx` | optional cleanup; returns `()` or `Result<(), E>` |
+/// | `start` | `fn start(&mut self)`, optionally `ctx` | optional; runs once when the system starts, so a backend can act on its own (send, set timers); returns `()` or `Result<(), E>` |
+/// | `timer` | `fn timer(&mut self, timer: TimerId)`, optionally `ctx` | optional; runs when a timer set with `ctx.every` or `ctx.after` fires; returns `()` or `Result<(), E>` |
 ///
 /// What `query` returns is sent to every sibling (so it must be `Clone`), read from the return
 /// type as written:

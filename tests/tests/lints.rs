@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sophon::{Context, agent_system, backend};
+use sophon::{Context, TimerId, agent_system, backend};
 
 /// Passes numbers on.
 struct Pass;
@@ -22,6 +22,25 @@ impl Pass {
 
     fn nop(&mut self, ctx: &mut Context<u64>) {
         let _ = ctx.name();
+    }
+}
+
+/// Sends one number when the system starts, and another when its timer fires.
+struct Source;
+
+#[backend]
+impl Source {
+    fn query(&mut self, n: u64) -> u64 {
+        n
+    }
+
+    fn start(&mut self, ctx: &mut Context<u64>) -> Result<(), sophon::Error> {
+        let _ = ctx.after(Duration::from_millis(1));
+        ctx.send(100)
+    }
+
+    fn timer(&mut self, _: TimerId, ctx: &mut Context<u64>) -> Result<(), sophon::Error> {
+        ctx.send(200)
     }
 }
 
@@ -45,10 +64,14 @@ fn expansions_compile_under_strict_lints() -> Result<(), Box<dyn std::error::Err
         #[bounded(4)]
         second: Pass = Pass;
         gate = Gate::<u64> { muted: true, types: std::marker::PhantomData };
+        source = Source;
         first -> [second, gate];
         first -> output(copies);
         second -> output(out);
+        source -> output(sourced);
     }?;
+    assert_eq!(system.sourced.recv()?, 100);
+    assert_eq!(system.sourced.recv()?, 200);
     system.first.query(1)?;
     assert_eq!(system.out.recv()?, 1);
     assert_eq!(system.copies.recv()?, 1);

@@ -12,6 +12,8 @@ pub(super) struct Model {
     pub(super) query: Query,
     pub(super) read: Option<Handler>,
     pub(super) nop: Option<Handler>,
+    pub(super) start: Option<Handler>,
+    pub(super) timer: Option<Handler>,
 }
 
 /// How `query` answers.
@@ -38,7 +40,7 @@ pub(super) enum Returns {
     ResultOption,
 }
 
-/// `read` or `nop`.
+/// `read`, `nop`, `start` or `timer`.
 pub(super) struct Handler {
     pub(super) takes_ctx: bool,
     pub(super) fallible: bool,
@@ -52,7 +54,8 @@ struct Params<'a> {
 
 // Every handler takes `&mut self`, is neither generic nor `async`, and takes the parameters its
 // kind allows: `query(&mut self, input: In)`, `read(&mut self, input: In)`, `nop(&mut self)`,
-// each optionally followed by `ctx: &mut Context<Out>`.
+// `start(&mut self)`, `timer(&mut self, timer: TimerId)`, each optionally followed by
+// `ctx: &mut Context<Out>`. (That `timer` takes a `TimerId` is left to rustc.)
 fn check_signature<'a>(f: &'a ImplItemFn, takes_input: bool, errors: &mut Errors) -> Option<Params<'a>> {
     let sig = &f.sig;
     let name = &sig.ident;
@@ -190,7 +193,7 @@ fn same_type(a: &Type, b: &Type) -> bool {
     quote::quote!(#a).to_string() == quote::quote!(#b).to_string()
 }
 
-// `read` and `nop` answer nothing: they return `()` or `Result<(), E>`, e.g.
+// `read`, `nop`, `start` and `timer` answer nothing: they return `()` or `Result<(), E>`, e.g.
 // `fn read(&mut self, note: String) -> Result<(), std::io::Error>`.
 fn check_no_answer(f: &ImplItemFn, errors: &mut Errors) -> Option<bool> {
     match returns(&f.sig.output).0 {
@@ -229,11 +232,13 @@ pub(super) fn check(item: &syn::ItemImpl, errors: &mut Errors) -> Option<Model> 
             _ => None,
         })
     };
-    let (query_fn, read_fn, nop_fn) = (handler("query"), handler("read"), handler("nop"));
+    let query_fn = handler("query");
 
     // `None`: no such handler; `Some(None)`: a handler with errors (already reported).
-    let read = optional(read_fn, true, errors);
-    let nop = optional(nop_fn, false, errors);
+    let read = optional(handler("read"), true, errors);
+    let nop = optional(handler("nop"), false, errors);
+    let start = optional(handler("start"), false, errors);
+    let timer = optional(handler("timer"), true, errors);
 
     // A backend must answer queries, e.g. `fn query(&mut self, input: String) -> String`.
     let Some(query_fn) = query_fn else {
@@ -267,7 +272,11 @@ pub(super) fn check(item: &syn::ItemImpl, errors: &mut Errors) -> Option<Model> 
     };
 
     // `read` takes the same input as `query`: a backend has one input type.
-    let (Some(read), Some(nop)) = (read.map_or(Some(None), |r| r.map(Some)), nop.map_or(Some(None), |n| n.map(Some)))
+    // Absent handlers are fine (`Some(None)`); invalid ones end the check (`None`).
+    fn valid<T>(h: Option<Option<T>>) -> Option<Option<T>> {
+        h.map_or(Some(None), |h| h.map(Some))
+    }
+    let (Some(read), Some(nop), Some(start), Some(timer)) = (valid(read), valid(nop), valid(start), valid(timer))
     else {
         return None;
     };
@@ -292,5 +301,7 @@ pub(super) fn check(item: &syn::ItemImpl, errors: &mut Errors) -> Option<Model> 
         query: Query { takes_ctx: params.ctx.is_some(), returns: shape, output_span },
         read: read.map(|(p, fallible)| Handler { takes_ctx: p.ctx.is_some(), fallible }),
         nop: nop.map(|(p, fallible)| Handler { takes_ctx: p.ctx.is_some(), fallible }),
+        start: start.map(|(p, fallible)| Handler { takes_ctx: p.ctx.is_some(), fallible }),
+        timer: timer.map(|(p, fallible)| Handler { takes_ctx: p.ctx.is_some(), fallible }),
     })
 }

@@ -9,7 +9,7 @@ pub(super) fn expand(item: &syn::ItemImpl, model: &Model) -> TokenStream {
     // sophon fixes the handlers' receiver to `&mut self`, whether or not a handler uses state.
     let mut item = item.clone();
     for handler in item.items.iter_mut().filter_map(|i| match i {
-        syn::ImplItem::Fn(f) if ["query", "read", "nop"].iter().any(|n| f.sig.ident == n) => Some(f),
+        syn::ImplItem::Fn(f) if crate::backend::HANDLERS.iter().any(|n| f.sig.ident == n) => Some(f),
         _ => None,
     }) {
         handler.attrs.push(syn::parse_quote!(
@@ -19,7 +19,7 @@ pub(super) fn expand(item: &syn::ItemImpl, model: &Model) -> TokenStream {
     let item = &item;
     let self_ty = &item.self_ty;
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
-    let Model { input, output, query, read, nop } = model;
+    let Model { input, output, query, read, nop, start, timer } = model;
 
     let call = if query.takes_ctx {
         quote!(<#self_ty>::query(self, __input, __ctx))
@@ -71,11 +71,12 @@ pub(super) fn expand(item: &syn::ItemImpl, model: &Model) -> TokenStream {
             }
         }
     });
-    let nop_fn = nop.as_ref().map(|h| {
-        let call = handler_call(self_ty, quote!(nop), None, h);
+    let timer_fn = timer.as_ref().map(|h| {
+        let call = handler_call(self_ty, quote!(timer), Some(quote!(__timer)), h);
         quote! {
-            fn nop(
+            fn timer(
                 &mut self,
+                __timer: ::sophon::TimerId,
                 __ctx: &mut ::sophon::Context<Self::Output>,
             ) -> ::core::result::Result<(), ::sophon::BoxError> {
                 #call
@@ -83,6 +84,21 @@ pub(super) fn expand(item: &syn::ItemImpl, model: &Model) -> TokenStream {
             }
         }
     });
+    // `nop` and `start` take nothing but the context.
+    let bare = |name: TokenStream, h: &Handler| {
+        let call = handler_call(self_ty, name.clone(), None, h);
+        quote! {
+            fn #name(
+                &mut self,
+                __ctx: &mut ::sophon::Context<Self::Output>,
+            ) -> ::core::result::Result<(), ::sophon::BoxError> {
+                #call
+                ::core::result::Result::Ok(())
+            }
+        }
+    };
+    let nop_fn = nop.as_ref().map(|h| bare(quote!(nop), h));
+    let start_fn = start.as_ref().map(|h| bare(quote!(start), h));
 
     quote! {
         #item
@@ -103,6 +119,8 @@ pub(super) fn expand(item: &syn::ItemImpl, model: &Model) -> TokenStream {
 
             #read_fn
             #nop_fn
+            #start_fn
+            #timer_fn
         }
     }
 }

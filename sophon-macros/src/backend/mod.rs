@@ -8,6 +8,9 @@ use proc_macro2::TokenStream;
 
 use crate::errors::Errors;
 
+/// The methods `#[backend]` reads as handlers; the impl block's other methods stay as they are.
+pub(crate) const HANDLERS: [&str; 5] = ["query", "read", "nop", "start", "timer"];
+
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let item = match parse::parse(args, item.clone(), &mut errors) {

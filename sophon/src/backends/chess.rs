@@ -52,7 +52,7 @@ use cozy_chess::util::{display_uci_move, parse_uci_move};
 use cozy_chess::{Board, Color, GameStatus, Move, Piece};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::{Backend, BoxError, Context, backend};
+use crate::{BoxError, Context, backend};
 
 /// How many illegal moves a side may make before it forfeits.
 pub const MAX_REJECTIONS: usize = 3;
@@ -385,10 +385,8 @@ impl Referee {
     }
 }
 
-impl Backend for Referee {
-    type Input = ChessMove;
-    type Output = Position;
-
+#[backend]
+impl Referee {
     /// Checks the move; plays it, or turns it down and asks again.
     fn query(&mut self, answer: ChessMove, ctx: &mut Context<Position>) -> Result<(), BoxError> {
         if self.game.lock().outcome.is_some() {

@@ -41,7 +41,7 @@ use std::time::Duration;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ZonedDateTime};
 
-use crate::{Backend, BoxError, Context, TimerId};
+use crate::{BoxError, Context, TimerId, backend};
 
 /// How a clock writes the time.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -196,23 +196,18 @@ fn write_time(time: &ZonedDateTime, format: &TimeFormat) -> Result<String, Clock
     })
 }
 
-impl Backend for Clock {
-    type Input = String;
-    type Output = String;
-
+#[backend]
+impl Clock {
     /// Answers the time, as the request asks.
-    fn query(&mut self, request: String, ctx: &mut Context<String>) -> Result<(), BoxError> {
-        let time = self.tell(&request)?;
-        ctx.send(time)?;
-        Ok(())
+    fn query(&mut self, request: String) -> Result<String, ClockError> {
+        self.tell(&request)
     }
 
     /// Starts ticking, if the clock ticks.
-    fn start(&mut self, ctx: &mut Context<String>) -> Result<(), BoxError> {
+    fn start(&mut self, ctx: &mut Context<String>) {
         if let Some(period) = self.tick {
             ctx.every(period);
         }
-        Ok(())
     }
 
     /// Sends the time, in the clock's zone and format.
