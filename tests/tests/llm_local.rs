@@ -164,3 +164,20 @@ fn the_local_model_is_swapped_for_the_http_one_mid_conversation() {
     );
     assert_eq!(conversation.len(), 4);
 }
+
+#[test]
+fn a_reply_streams_piece_by_piece_to_the_stream_target() {
+    let llm = load(ChatOptions::new().max_tokens(24).stream_to("pieces"));
+    let mut builder = SystemBuilder::new();
+    let model = builder.entity("model", llm);
+    let pieces = builder.output(&model, "pieces");
+    let replies = builder.output(&model, "replies");
+    let system = builder.spawn().unwrap();
+    system.handle(&model).query("Name three colours.".into()).unwrap();
+    let reply = replies.recv_timeout(WAIT).unwrap();
+    let pieces: Vec<String> = pieces.try_iter().collect();
+    assert!(pieces.len() > 3, "{pieces:?}");
+    assert_eq!(pieces.concat().trim(), reply);
+    assert!(replies.try_recv().is_err(), "the whole reply goes once, to the others");
+    assert!(system.shutdown(WAIT).is_clean());
+}

@@ -124,19 +124,18 @@ impl HttpLlm {
     ///
     /// No API key, 120 s per request, 3 retries from 500 ms of backoff.
     pub fn new(base_url: impl AsRef<str>, model: impl Into<String>) -> Self {
-        let mut llm = HttpLlm {
-            agent: ureq::Agent::new_with_defaults(),
+        let timeout = Duration::from_secs(120);
+        HttpLlm {
+            agent: agent(timeout),
             endpoint: format!("{}/chat/completions", base_url.as_ref().trim_end_matches('/')),
             model: model.into(),
             api_key: None,
             options: ChatOptions::default(),
             conversation: Conversation::default(),
-            timeout: Duration::from_secs(120),
+            timeout,
             retries: 3,
             backoff: Duration::from_millis(500),
-        };
-        llm.configure_agent();
-        llm
+        }
     }
 
     /// Reads `OPENAI_BASE_URL` (default `https://api.openai.com/v1`), `OPENAI_MODEL` (required)
@@ -155,15 +154,6 @@ impl HttpLlm {
             Some(key) => llm.api_key(key),
             None => llm,
         })
-    }
-
-    fn configure_agent(&mut self) {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(self.timeout))
-            .timeout_connect(Some(self.timeout.min(Duration::from_secs(10))))
-            .build();
-        self.agent = config.into();
     }
 
     /// Sends `key` as a bearer token.
@@ -191,7 +181,7 @@ impl HttpLlm {
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
-        self.configure_agent();
+        self.agent = agent(timeout);
         self
     }
 
@@ -279,6 +269,17 @@ impl HttpLlm {
             thread::sleep(retry_in.map_or(backoff, |r| r.max(backoff)).min(MAX_BACKOFF));
         }
     }
+}
+
+/// An HTTP agent that hands every status back (they are handled here) and gives up on a request
+/// after `timeout`, or on connecting after 10 s.
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .timeout_connect(Some(timeout.min(Duration::from_secs(10))))
+        .build()
+        .into()
 }
 
 /// The message of an error body: `error.message` when it is OpenAI's JSON, else the text.
