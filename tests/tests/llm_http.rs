@@ -342,3 +342,48 @@ fn a_server_that_never_answers_times_out() {
     assert!(failure.error.contains("timeout") || failure.error.contains("timed out"), "{}", failure.error);
     drop(done);
 }
+
+/// Runs this test binary again, for the one test `name`, with `vars` set (setting variables in
+/// this process would race with the other tests); returns whether it passed.
+fn rerun_with_env(name: &str, vars: &[(&str, &str)], unset: &[&str]) -> bool {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child.args([name, "--exact", "--test-threads=1"]).env("SOPHON_TEST_CHILD", "1");
+    for (var, value) in vars {
+        child.env(var, value);
+    }
+    for var in unset {
+        child.env_remove(var);
+    }
+    let out = child.output().unwrap();
+    if !out.status.success() {
+        eprintln!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    out.status.success()
+}
+
+#[test]
+fn from_env_reads_the_url_the_model_and_the_key() {
+    if std::env::var_os("SOPHON_TEST_CHILD").is_none() {
+        let vars =
+            [("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/"), ("OPENAI_MODEL", "tiny"), ("OPENAI_API_KEY", "sk-x")];
+        assert!(rerun_with_env("from_env_reads_the_url_the_model_and_the_key", &vars, &[]));
+        return;
+    }
+    let llm = HttpLlm::from_env().unwrap();
+    assert_eq!(llm.endpoint(), "http://127.0.0.1:9/v1/chat/completions");
+    assert_eq!(llm.model(), "tiny");
+    assert!(format!("{llm:?}").contains("api_key: Some(\"<set>\")"), "the key is set, and not shown: {llm:?}");
+}
+
+#[test]
+fn from_env_needs_a_model_name() {
+    if std::env::var_os("SOPHON_TEST_CHILD").is_none() {
+        assert!(rerun_with_env("from_env_needs_a_model_name", &[], &["OPENAI_MODEL"]));
+        return;
+    }
+    let err = HttpLlm::from_env().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the HTTP model is not configured: `OPENAI_MODEL` is not set; set it to the server's model name"
+    );
+}
