@@ -195,3 +195,40 @@ fn a_person_sees_the_board_and_types_a_move() {
     assert!(text.ends_with("  a b c d e f g h\nwhite to move (UCI, such as e2e4)"), "{text}");
     assert_eq!(ChessMove::from(" e2e4\n".to_owned()), ChessMove { uci: "e2e4".into(), ply: None });
 }
+
+/// A UCI "engine" written as a shell script: it does the handshake, then answers `go` with
+/// `on_go` (nothing, when empty).
+fn fake_engine(name: &str, on_go: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sophon-uci-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let script = format!(
+        "#!/bin/sh\nwhile read -r line; do\n  case \"$line\" in\n    uci) echo 'id name {name}'; echo uciok ;;\n    isready) echo readyok ;;\n    go*) {on_go} ;;\n    quit) exit 0 ;;\n  esac\ndone\n"
+    );
+    std::fs::write(&path, script).unwrap();
+    let status = std::process::Command::new("chmod").arg("+x").arg(&path).status().unwrap();
+    assert!(status.success());
+    path
+}
+
+#[test]
+fn a_misbehaving_engine_process_is_an_error_reply() {
+    let liar = UciEngine::spawn(fake_engine("liar", "echo 'info nonsense'; echo 'bestmove (none)'")).unwrap();
+    assert_eq!(liar.name(), "liar");
+    let mute = UciEngine::spawn(fake_engine("mute", ":")).unwrap().timeout(Duration::from_millis(200));
+    let mut builder = SystemBuilder::new();
+    let liar = builder.entity("liar", liar);
+    let mute = builder.entity("mute", mute);
+    let system = builder.spawn().unwrap();
+    let failures = system.failures();
+    system.handle(&liar).query(Position::start()).unwrap();
+    assert_eq!(
+        failures.recv_timeout(WAIT).unwrap().error,
+        "the engine answered something that is not UCI: `bestmove (none)`"
+    );
+    system.handle(&mute).query(Position::start()).unwrap();
+    assert_eq!(failures.recv_timeout(WAIT).unwrap().error, "the engine did not answer `bestmove` in time");
+    let report = system.shutdown(WAIT);
+    assert_eq!(report.entity("liar").unwrap().state, EntityState::Stopped);
+    assert_eq!(report.entity("mute").unwrap().stats.errors, 1);
+}
