@@ -19,7 +19,7 @@ use std::time::Duration;
 use sophon::backends::llm::{ChatOptions, HttpLlm, LocalLlm};
 use sophon::backends::person::Person;
 use sophon::crossbeam_channel::RecvTimeoutError;
-use sophon::{BoxBackend, EntityOptions, SystemBuilder};
+use sophon::{BoxBackend, agent_system};
 
 const USAGE: &str = "usage: chat [--http URL [--model NAME]] [--model-path FILE] [--system PROMPT] \
                      [--max-tokens N] [--seed N]";
@@ -74,7 +74,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         options = options.seed(seed);
     }
 
-    let (model, name): (BoxBackend<String, String>, String) = match args.http {
+    let (backend, name): (BoxBackend<String, String>, String) = match args.http {
         Some(url) => {
             let name = match args.model.or_else(|| std::env::var("OPENAI_MODEL").ok()) {
                 Some(name) => name,
@@ -97,15 +97,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // person -> model: what the person types is a query to the model;
     // model -> person: the reply is a query back, so the person answers it. The two edges make
     // a loop, declared as intended.
-    let mut builder = SystemBuilder::new();
-    let person = builder.entity("person", Person::terminal().prompt("you> ").label("model> "));
-    let model = builder.boxed_entity("model", model, EntityOptions::new());
-    builder.query_edge(&person, &model);
-    builder.loop_edge(&model, &person);
-    let system = builder.spawn()?;
+    let system = agent_system! {
+        person = Person::terminal().prompt("you> ").label("model> ");
+        model: BoxBackend<String, String> = backend;
+        person -> model;
+        loop model -> person;
+    }?;
 
     println!("Talking to {name}. Type /quit or end the input to leave.");
-    system.handle(&person).query(String::new())?;
+    system.person.query(String::new())?;
 
     // A failed reply is reported here, and the person gets the floor back.
     let failures = system.failures();
@@ -114,7 +114,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             Ok(failure) => {
                 eprintln!("chat: {failure}");
                 if failure.entity == "model" {
-                    system.handle(&person).query(String::new())?;
+                    system.person.query(String::new())?;
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}

@@ -96,6 +96,80 @@ pub trait Backend: Any + Send {
 /// A backend behind a box, as it is held by a running entity and handed back by a swap.
 pub type BoxBackend<I, O> = Box<dyn Backend<Input = I, Output = O>>;
 
+/// What an entity can run: any [`Backend`], or a [`BoxBackend`] (a backend chosen at run time).
+///
+/// [`SystemBuilder::entity`](crate::SystemBuilder::entity) and `agent_system!` take either, so
+/// a graph can hold a backend picked from the command line without boxing it twice.
+///
+/// # Examples
+///
+/// ```
+/// use sophon::{Backend, BoxBackend, BoxError, Context, SystemBuilder};
+///
+/// struct Loud;
+/// struct Quiet;
+///
+/// impl Backend for Loud {
+///     type Input = String;
+///     type Output = String;
+///     fn query(&mut self, s: String, ctx: &mut Context<String>) -> Result<(), BoxError> {
+///         Ok(ctx.send(s.to_uppercase())?)
+///     }
+/// }
+///
+/// impl Backend for Quiet {
+///     type Input = String;
+///     type Output = String;
+///     fn query(&mut self, s: String, ctx: &mut Context<String>) -> Result<(), BoxError> {
+///         Ok(ctx.send(s.to_lowercase())?)
+///     }
+/// }
+///
+/// let loud = std::env::args().count() > 100;
+/// let voice: BoxBackend<String, String> = if loud { Box::new(Loud) } else { Box::new(Quiet) };
+/// let mut builder = SystemBuilder::new();
+/// let voice = builder.entity("voice", voice);
+/// let out = builder.output(&voice, "out");
+/// let system = builder.spawn()?;
+/// system.handle(&voice).query("Hello".to_string())?;
+/// assert_eq!(out.recv()?, "hello");
+/// // The entity runs `Quiet` itself, not a box of it: a swap hands `Quiet` back.
+/// assert!(system.handle(&voice).swap(Loud)?.is::<Quiet>());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a backend",
+    label = "an entity runs a backend",
+    note = "implement `sophon::Backend` for `{Self}`, or put `#[sophon::backend]` on its impl block"
+)]
+pub trait IntoBackend {
+    /// The backend's input type.
+    type Input: Send + 'static;
+    /// The backend's output type.
+    type Output: Send + 'static;
+
+    /// The backend, boxed once.
+    fn into_boxed(self) -> BoxBackend<Self::Input, Self::Output>;
+}
+
+impl<B: Backend> IntoBackend for B {
+    type Input = B::Input;
+    type Output = B::Output;
+
+    fn into_boxed(self) -> BoxBackend<B::Input, B::Output> {
+        Box::new(self)
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> IntoBackend for BoxBackend<I, O> {
+    type Input = I;
+    type Output = O;
+
+    fn into_boxed(self) -> BoxBackend<I, O> {
+        self
+    }
+}
+
 impl<I: Send + 'static, O: Send + 'static> fmt::Debug for dyn Backend<Input = I, Output = O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.type_name())

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::agent::Agent;
-use crate::backend::{Backend, BoxBackend};
+use crate::backend::{BoxBackend, IntoBackend};
 use crate::context::{EdgeKind, EntityOutlet, OutputOutlet, Sibling};
 use crate::entity::{Core, ErasedPort, Port};
 use crate::err::{BuildError, BuildProblem};
@@ -178,19 +178,20 @@ impl SystemBuilder {
         }
     }
 
-    /// Adds an entity running `backend`, with an unbounded queue.
-    pub fn entity<B: Backend>(&mut self, name: &str, backend: B) -> Node<B::Input, B::Output> {
+    /// Adds an entity running `backend`, with an unbounded queue. The backend may also be a
+    /// [`BoxBackend`], chosen at run time (see [`IntoBackend`]).
+    pub fn entity<B: IntoBackend>(&mut self, name: &str, backend: B) -> Node<B::Input, B::Output> {
         self.entity_with(name, backend, EntityOptions::new())
     }
 
     /// Adds an entity running `backend`, with `options`.
-    pub fn entity_with<B: Backend>(
+    pub fn entity_with<B: IntoBackend>(
         &mut self,
         name: &str,
         backend: B,
         options: EntityOptions,
     ) -> Node<B::Input, B::Output> {
-        self.boxed_entity(name, Box::new(backend), options)
+        self.boxed_entity(name, backend.into_boxed(), options)
     }
 
     /// Adds an entity running a backend that is already boxed.

@@ -77,7 +77,7 @@ mod system;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use crate::backend::{Backend, BoxBackend};
+pub use crate::backend::{Backend, BoxBackend, IntoBackend};
 pub use crate::builder::{EntityOptions, Node, SystemBuilder};
 pub use crate::context::{Context, EdgeKind, Sibling, TimerId};
 pub use crate::entity::{EntityState, Handle, Stats};

@@ -154,3 +154,34 @@ fn expressions_see_the_callers_variables_and_the_system_derefs() -> Result<(), B
     assert!(failures.try_recv().is_err());
     Ok(())
 }
+
+/// Adds one.
+struct Inc;
+
+#[backend]
+impl Inc {
+    fn query(&mut self, n: u64) -> u64 {
+        n + 1
+    }
+}
+
+#[test]
+fn an_entity_may_run_a_backend_chosen_at_run_time() {
+    let choose_pass = std::env::args().count() < 1000;
+    let chosen: sophon::BoxBackend<u64, u64> = if choose_pass { Box::new(Pass) } else { Box::new(Inc) };
+    let system = agent_system! {
+        chosen: sophon::BoxBackend<u64, u64> = chosen;
+        inferred = Inc;
+        chosen -> inferred;
+        inferred -> output(out);
+    }
+    .unwrap();
+    system.chosen.query(1).unwrap();
+    assert_eq!(system.out.recv_timeout(DEADLINE).unwrap(), 2);
+    // The entity runs the chosen backend itself, not a box of it.
+    let old = system.chosen.swap(Inc).unwrap();
+    assert!(old.is::<Pass>());
+    system.chosen.query(1).unwrap();
+    assert_eq!(system.out.recv_timeout(DEADLINE).unwrap(), 3);
+    assert!(system.shutdown(DEADLINE).is_clean());
+}
