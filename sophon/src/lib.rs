@@ -45,6 +45,13 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Standard backends
+//!
+//! [`backends`] holds ready-made components, each behind a cargo feature so that the core stays
+//! light: a person at a terminal (`person`), language models run locally (`llm-local`) or over
+//! HTTP (`llm-http`), a SQLite store (`sqlite`), a clock (`clock`), a search index (`search`)
+//! and chess engines with a referee (`chess`).
+//!
 //! # Failures are contained
 //!
 //! A handler's `Err` is counted and reported (see [`System::failures`] and [`Report`]) and the

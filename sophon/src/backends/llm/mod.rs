@@ -1,5 +1,5 @@
-//! Language models as backends: [`LocalLlm`] (feature `llm-local`) runs a GGUF chat model on
-//! the CPU, [`HttpLlm`] (feature `llm-http`) talks to any OpenAI-compatible server.
+//! Language models as backends: `LocalLlm` (feature `llm-local`) runs a GGUF chat model on
+//! the CPU, `HttpLlm` (feature `llm-http`) talks to any OpenAI-compatible server.
 //!
 //! Both take a `String` (what the user says) and answer a `String` (the model's reply):
 //!
