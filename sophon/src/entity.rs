@@ -195,6 +195,21 @@ impl<I, O> Port<I, O> {
 
     /// Sends a query or read from outside the system.
     pub(crate) fn send_external(&self, env: Envelope<I, O>) -> Result<(), (Envelope<I, O>, ErrorKind)> {
+        let shared = &self.core.shared;
+        // Announce the send, then look at `closed`: the shutdown sets `closed`, then waits until
+        // no send is announced before it takes its last look at the queues. So either this send
+        // is refused, or its message is seen there: it is never left in a queue unseen.
+        shared.sending.fetch_add(1, Ordering::SeqCst);
+        let result = if shared.closed.load(Ordering::SeqCst) {
+            Err((env, ErrorKind::Stopped))
+        } else {
+            self.send_external_open(env)
+        };
+        shared.sending.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    fn send_external_open(&self, env: Envelope<I, O>) -> Result<(), (Envelope<I, O>, ErrorKind)> {
         if let Some(kind) = self.core.state().refusal() {
             return Err((env, kind));
         }

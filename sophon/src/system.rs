@@ -29,6 +29,10 @@ pub(crate) struct Shared {
     pub(crate) external: AtomicU64,
     /// Set when shutdown begins: timers and start hooks no longer run.
     pub(crate) stopping: AtomicBool,
+    /// Set once every agent has ended: sends from outside are refused.
+    pub(crate) closed: AtomicBool,
+    /// Sends from outside in progress (see `Port::send_external`).
+    pub(crate) sending: AtomicU64,
     signal: Mutex<Signal>,
     changed: Condvar,
     failures_tx: Sender<Failure>,
@@ -48,6 +52,8 @@ impl Shared {
             clock: quanta::Clock::new(),
             external: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            sending: AtomicU64::new(0),
             signal: Mutex::new(Signal { stop_requested: false, live_agents: 0 }),
             changed: Condvar::new(),
             failures_tx,
@@ -317,6 +323,13 @@ impl System {
         for thread in self.threads.drain(..) {
             // The agent's own code catches every panic of the backend's.
             let _ = thread.join();
+        }
+        // A handle on another thread may be sending right now. Wait for it, so that the last
+        // drain sees its message; a send into a full bounded queue gives up within 10 ms once
+        // its entity has stopped, and every entity has.
+        self.shared.closed.store(true, Ordering::SeqCst);
+        while self.shared.sending.load(Ordering::SeqCst) > 0 {
+            std::thread::yield_now();
         }
         for port in &self.ports {
             port.drain();
