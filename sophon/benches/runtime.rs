@@ -5,10 +5,10 @@
 
 use std::thread;
 
-use crossbeam_channel::{Sender, unbounded};
+use crossbeam_channel::{Sender, bounded, unbounded};
 use divan::Bencher;
 use divan::counter::ItemsCount;
-use sophon::{Backend, BoxError, Context, SystemBuilder};
+use sophon::{Backend, BoxError, Context, EntityOptions, SystemBuilder};
 
 fn main() {
     divan::main();
@@ -154,6 +154,69 @@ mod pipeline {
             for _ in 0..N {
                 system.out.recv().unwrap();
             }
+        });
+        system.shutdown(sophon::DEFAULT_SHUTDOWN_DEADLINE);
+    }
+
+    /// Queues of at most this many messages, in the bounded variants.
+    const BOUND: usize = 1024;
+
+    /// The pipeline with bounded queues: the producer waits whenever the first queue is full, so
+    /// a consumer thread drains the end while it sends.
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn crossbeam_bounded(bencher: Bencher<'_, '_>) {
+        let (first_tx, mut rx) = bounded::<u64>(BOUND);
+        let mut threads = Vec::new();
+        for _ in 0..STAGES {
+            let (tx, next_rx) = bounded(BOUND);
+            let stage_rx = std::mem::replace(&mut rx, next_rx);
+            threads.push(thread::spawn(move || {
+                for n in stage_rx {
+                    tx.send(n).unwrap();
+                }
+            }));
+        }
+        bencher.counter(ItemsCount::new(N)).bench_local(|| {
+            thread::scope(|scope| {
+                let consumer = scope.spawn(|| {
+                    (0..N).for_each(|_| {
+                        rx.recv().unwrap();
+                    })
+                });
+                for i in 0..N {
+                    first_tx.send(i).unwrap();
+                }
+                consumer.join().unwrap();
+            });
+        });
+        drop(first_tx);
+        threads.into_iter().for_each(|t| t.join().unwrap());
+    }
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn sophon_bounded(bencher: Bencher<'_, '_>) {
+        let mut b = SystemBuilder::new();
+        let stages: Vec<_> =
+            (0..STAGES).map(|i| b.entity_with(&format!("s{i}"), Pass, EntityOptions::new().bounded(BOUND))).collect();
+        for pair in stages.windows(2) {
+            b.query_edge(&pair[0], &pair[1]);
+        }
+        let (tx, rx) = bounded(BOUND);
+        b.output_to(&stages[STAGES - 1], "out", tx);
+        let system = b.spawn().unwrap();
+        let first = system.handle(&stages[0]);
+        bencher.counter(ItemsCount::new(N)).bench_local(|| {
+            thread::scope(|scope| {
+                let consumer = scope.spawn(|| {
+                    (0..N).for_each(|_| {
+                        rx.recv().unwrap();
+                    })
+                });
+                for i in 0..N {
+                    first.query(i).unwrap();
+                }
+                consumer.join().unwrap();
+            });
         });
         system.shutdown(sophon::DEFAULT_SHUTDOWN_DEADLINE);
     }
