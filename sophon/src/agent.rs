@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
+use crossbeam_utils::Backoff;
 
 use crate::backend::BoxBackend;
 use crate::context::Context;
@@ -20,7 +21,12 @@ pub(crate) struct Agent<I, O> {
     /// traffic of handles sending from outside.
     core: Arc<Core>,
     port: Arc<Port<I, O>>,
-    rx: Receiver<Envelope<I, O>>,
+    queries: Receiver<I>,
+    inbox: Receiver<Envelope<I, O>>,
+    /// Whether the last message came from the inbox rather than the query queue.
+    from_inbox: bool,
+    /// Messages taken since the agent last looked at the other queue first.
+    streak: u32,
     backend: BoxBackend<I, O>,
     pub(crate) ctx: Context<O>,
     timing: Timing,
@@ -55,6 +61,10 @@ struct Timing {
 }
 
 const MAX_STRIDE: u32 = 64;
+
+/// When both of an agent's queues hold messages, it takes about this many from one before it
+/// turns to the other.
+const FAIRNESS: u32 = 16;
 
 impl Timing {
     fn new(clock: quanta::Clock) -> Self {
@@ -97,6 +107,14 @@ impl Timing {
     }
 }
 
+/// A message taken from one of the agent's two queues.
+enum Incoming<I, O> {
+    /// A query of a query edge.
+    Query(I),
+    /// Anything from the inbox.
+    Envelope(Envelope<I, O>),
+}
+
 /// Whether the agent goes on after a handler.
 #[derive(PartialEq, Eq)]
 enum Flow {
@@ -107,7 +125,10 @@ enum Flow {
 impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
     pub(crate) fn new(port: Arc<Port<I, O>>, backend: BoxBackend<I, O>) -> Self {
         Agent {
-            rx: port.rx.clone(),
+            queries: port.queries_rx.clone(),
+            inbox: port.inbox_rx.clone(),
+            from_inbox: false,
+            streak: 0,
             ctx: Context::new(port.core.clone()),
             timing: Timing::new(port.core.shared.clock.clone()),
             core: port.core.clone(),
@@ -133,44 +154,44 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         self.finish(end);
     }
 
-    /// The loop: one queue, a clock read per batch of messages (see [`Timing`]), and plain
-    /// stores to counters only this thread writes.
+    /// The loop: two queues (see [`Port`]), a clock read per batch of messages (see
+    /// [`Timing`]), and plain stores to counters only this thread writes.
     fn serve(&mut self) -> EntityState {
         loop {
-            let env = if self.ctx.has_timers() {
-                self.close_batch();
-                match self.next_or_timer() {
-                    Some(env) => env,
-                    None => {
-                        if self.fire_due_timer() == Flow::Failed {
-                            return EntityState::Failed;
-                        }
-                        continue;
-                    }
-                }
-            } else {
-                match self.rx.try_recv() {
-                    Ok(env) => env,
-                    Err(_) => {
-                        self.close_batch();
-                        match self.rx.recv() {
-                            Ok(env) => {
-                                self.timing.restart();
-                                env
-                            }
-                            Err(_) => unreachable!("the port keeps a sender, so the queue never disconnects"),
-                        }
+            if self.ctx.has_timers() && self.fire_due_timer() == Flow::Failed {
+                return EntityState::Failed;
+            }
+            let incoming = match self.try_next() {
+                Some(incoming) => incoming,
+                None => {
+                    self.close_batch();
+                    let incoming = self.wait();
+                    self.timing.restart();
+                    match incoming {
+                        Some(incoming) => incoming,
+                        // A timer is due: the top of the loop fires it.
+                        None => continue,
                     }
                 }
             };
-            let flow = match env {
-                Envelope::Query(body) => self.handle(HandlerKind::Query, |b, ctx| b.query(body, ctx)),
-                Envelope::Read(body) => self.handle(HandlerKind::Read, |b, ctx| b.read(body, ctx)),
-                Envelope::Nop => {
-                    self.close_batch();
-                    return self.cleanup();
+            let flow = match incoming {
+                Incoming::Query(body) | Incoming::Envelope(Envelope::Query(body)) => {
+                    self.handle(HandlerKind::Query, body)
                 }
-                Envelope::Swap(request) => {
+                Incoming::Envelope(Envelope::Read(body)) => self.handle(HandlerKind::Read, body),
+                Incoming::Envelope(Envelope::Nop) => {
+                    let flow = self.catch_up();
+                    self.close_batch();
+                    return match flow {
+                        Flow::Continue => self.cleanup(),
+                        Flow::Failed => EntityState::Failed,
+                    };
+                }
+                Incoming::Envelope(Envelope::Swap(request)) => {
+                    if self.catch_up() == Flow::Failed {
+                        let _ = request.reply.send(Err(request.backend));
+                        return EntityState::Failed;
+                    }
                     self.close_batch();
                     let old = std::mem::replace(&mut self.backend, request.backend);
                     let _ = request.reply.send(Ok(old));
@@ -184,6 +205,86 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         }
     }
 
+    /// The next message, if either queue holds one.
+    ///
+    /// It keeps to the queue that gave the last message, whose cache lines are warm, and looks
+    /// at the other one every [`FAIRNESS`] messages and whenever that queue runs dry, so that
+    /// neither starves the other. Looking at an idle queue is two loads.
+    #[inline]
+    fn try_next(&mut self) -> Option<Incoming<I, O>> {
+        self.streak += 1;
+        if self.streak >= FAIRNESS {
+            self.streak = 0;
+            if let Some(incoming) = self.try_other() {
+                return Some(incoming);
+            }
+        }
+        let last = if self.from_inbox {
+            self.inbox.try_recv().ok().map(Incoming::Envelope)
+        } else {
+            self.queries.try_recv().ok().map(Incoming::Query)
+        };
+        last.or_else(|| self.try_other())
+    }
+
+    /// Takes a message from the queue that did not give the last one, if it holds one.
+    fn try_other(&mut self) -> Option<Incoming<I, O>> {
+        let other = if self.from_inbox {
+            if self.queries.is_empty() { None } else { self.queries.try_recv().ok().map(Incoming::Query) }
+        } else if self.inbox.is_empty() {
+            None
+        } else {
+            self.inbox.try_recv().ok().map(Incoming::Envelope)
+        };
+        if other.is_some() {
+            self.from_inbox = !self.from_inbox;
+        }
+        other
+    }
+
+    /// Waits for a message on either queue, or until the next timer is due (`None`).
+    ///
+    /// Like crossbeam's own `recv`, it first spins and yields a few times, since a message is
+    /// often only a moment away in a busy graph; then it sleeps until a sender wakes it.
+    fn wait(&mut self) -> Option<Incoming<I, O>> {
+        let backoff = Backoff::new();
+        while !backoff.is_completed() {
+            backoff.snooze();
+            if let Some(incoming) = self.try_next() {
+                return Some(incoming);
+            }
+        }
+        let (queries, inbox) = (&self.queries, &self.inbox);
+        // The port keeps a sender of each queue, so neither ever disconnects.
+        const KEPT: &str = "the port keeps a sender of each queue";
+        match self.ctx.next_deadline() {
+            None => crossbeam_channel::select! {
+                recv(queries) -> body => Some(Incoming::Query(body.expect(KEPT))),
+                recv(inbox) -> env => Some(Incoming::Envelope(env.expect(KEPT))),
+            },
+            Some(deadline) => crossbeam_channel::select! {
+                recv(queries) -> body => Some(Incoming::Query(body.expect(KEPT))),
+                recv(inbox) -> env => Some(Incoming::Envelope(env.expect(KEPT))),
+                default(deadline.saturating_duration_since(Instant::now())) => None,
+            },
+        }
+    }
+
+    /// Handles the queries of query edges that were queued before the stop or swap the inbox
+    /// just gave, so that it takes its place after everything queued before it, in either queue.
+    ///
+    /// The agent is the queue's only receiver and the stop or swap was enqueued before this
+    /// looks, so every query enqueued before it is among the first `len()` in the queue.
+    fn catch_up(&mut self) -> Flow {
+        for _ in 0..self.queries.len() {
+            let Ok(body) = self.queries.try_recv() else { break };
+            if self.handle(HandlerKind::Query, body) == Flow::Failed {
+                return Flow::Failed;
+            }
+        }
+        Flow::Continue
+    }
+
     /// Closes the open timing batch and publishes busy and maximum time.
     fn close_batch(&mut self) {
         let counters = &self.core.counters;
@@ -193,35 +294,30 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         counters.busy_ticks.store(self.timing.busy, Ordering::Relaxed);
     }
 
-    /// Waits for a message until the next timer is due; `None` when a timer is due.
-    fn next_or_timer(&mut self) -> Option<Envelope<I, O>> {
-        let deadline = self.ctx.next_deadline()?;
-        if deadline <= Instant::now() {
-            return None;
-        }
-        let env = self.rx.recv_deadline(deadline).ok();
-        self.timing.restart();
-        env
-    }
-
+    /// Runs the earliest timer that is due, if any.
     fn fire_due_timer(&mut self) -> Flow {
         match self.ctx.pop_due(Instant::now()) {
-            Some(id) => self.activate(HandlerKind::Timer, |b, ctx| b.timer(id, ctx)),
+            Some(id) => {
+                // A timer's run is not a message's: keep it out of the handling time.
+                self.close_batch();
+                let flow = self.activate(HandlerKind::Timer, |b, ctx| b.timer(id, ctx));
+                self.timing.restart();
+                flow
+            }
             None => Flow::Continue,
         }
     }
 
     /// Runs a query or read handler and counts it.
     #[inline]
-    fn handle(
-        &mut self,
-        kind: HandlerKind,
-        f: impl FnOnce(&mut BoxBackend<I, O>, &mut Context<O>) -> Result<(), BoxError>,
-    ) -> Flow {
+    fn handle(&mut self, kind: HandlerKind, body: I) -> Flow {
         self.received += 1;
         self.core().counters.received.store(self.received, Ordering::Relaxed);
         let (backend, ctx) = (&mut self.backend, &mut self.ctx);
-        let result = catch_unwind(AssertUnwindSafe(|| f(backend, ctx)));
+        let result = catch_unwind(AssertUnwindSafe(|| match kind {
+            HandlerKind::Read => backend.read(body, ctx),
+            _ => backend.query(body, ctx),
+        }));
         if self.timing.handled_one() || result.is_err() {
             self.close_batch();
         }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::agent::Agent;
 use crate::backend::{BoxBackend, IntoBackend};
-use crate::context::{EdgeKind, EntityOutlet, OutputOutlet, Sibling};
+use crate::context::{EdgeKind, Outlet, OutputOutlet, QueryOutlet, ReadOutlet, Sibling};
 use crate::entity::{Core, ErasedPort, Port};
 use crate::err::{BuildError, BuildProblem};
 use crate::system::{Shared, System};
@@ -52,19 +52,21 @@ pub struct EntityOptions {
 }
 
 impl EntityOptions {
-    /// The defaults: an unbounded queue.
+    /// The defaults: unbounded queues.
     pub fn new() -> Self {
         EntityOptions::default()
     }
 
-    /// Gives the entity a queue that holds at most `capacity` messages: senders wait for room,
-    /// which slows a fast producer down to the entity's pace.
+    /// Gives the entity bounded queues: senders wait for room, which slows a fast producer down
+    /// to the entity's pace. An entity has two queues, one for the queries of its query edges and
+    /// one for everything else (reads, and messages sent through handles); each holds at most
+    /// `capacity` messages.
     pub fn bounded(mut self, capacity: usize) -> Self {
         self.capacity = Some(capacity);
         self
     }
 
-    /// The queue's capacity; `None` when unbounded.
+    /// The capacity of each of the entity's queues; `None` when unbounded.
     pub fn capacity(&self) -> Option<usize> {
         self.capacity
     }
@@ -178,7 +180,7 @@ impl SystemBuilder {
         }
     }
 
-    /// Adds an entity running `backend`, with an unbounded queue. The backend may also be a
+    /// Adds an entity running `backend`, with unbounded queues. The backend may also be a
     /// [`BoxBackend`], chosen at run time (see [`IntoBackend`]).
     pub fn entity<B: IntoBackend>(&mut self, name: &str, backend: B) -> Node<B::Input, B::Output> {
         self.entity_with(name, backend, EntityOptions::new())
@@ -208,12 +210,8 @@ impl SystemBuilder {
         } else {
             self.names.insert(name.clone(), index);
         }
-        let (tx, rx) = match options.capacity {
-            Some(capacity) => crossbeam_channel::bounded(capacity),
-            None => crossbeam_channel::unbounded(),
-        };
         let core = Arc::new(Core::new(name.clone(), self.shared.clone()));
-        let port = Arc::new(Port { core, tx, rx, bounded: options.capacity.is_some() });
+        let port = Arc::new(Port::new(core, options.capacity));
         let agent = Agent::new(port.clone(), backend);
         self.entities.push(Pending { name, port, agent: Box::new(agent) });
         Node { builder: self.id, index, types: PhantomData }
@@ -275,7 +273,11 @@ impl SystemBuilder {
         let target = &self.entities[to.index];
         let port =
             target.port.clone().as_any().downcast::<Port<I2, O2>>().expect("a node's types are those of its entity");
-        let sibling = Sibling::new(target.name.clone(), Some(port.core.id), kind, Box::new(EntityOutlet::new(port)));
+        let outlet: Box<dyn Outlet<O>> = match kind {
+            EdgeKind::Read => Box::new(ReadOutlet::new(&port)),
+            _ => Box::new(QueryOutlet::new(&port)),
+        };
+        let sibling = Sibling::new(target.name.clone(), Some(port.core.id), kind, outlet);
         self.agent_mut(from).ctx.add_sibling(sibling);
         self.edges.push(EdgeSpec { from: from.index, to: to.index, kind, intended_loop });
         self

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use uuid::Uuid;
 
-use crate::entity::{Core, Envelope, Port};
+use crate::entity::{Core, Envelope, Port, Queue};
 use crate::err::{Error, ErrorKind};
 
 /// The kind of an outgoing edge.
@@ -27,49 +27,72 @@ pub enum EdgeKind {
 
 /// Where an edge delivers: a sibling's queue or an output channel.
 pub(crate) trait Outlet<O>: Send {
-    fn send(&self, kind: EdgeKind, out: O) -> Result<(), (O, ErrorKind)>;
+    fn send(&self, out: O) -> Result<(), (O, ErrorKind)>;
 }
 
-/// An edge into another entity's queue, converting the output into the sibling's input.
+/// A query edge into another entity: the output, converted into the sibling's input, goes to the
+/// sibling's query queue as it is, with no envelope.
 ///
 /// It keeps the sibling's core and a sender of its own, so that a send reads no more shared
 /// memory than the sibling's state and the channel.
-pub(crate) struct EntityOutlet<I, O2> {
+pub(crate) struct QueryOutlet<I> {
     core: Arc<Core>,
-    tx: Sender<Envelope<I, O2>>,
-    port: Arc<Port<I, O2>>,
+    queue: Queue<I>,
 }
 
-impl<I, O2> EntityOutlet<I, O2> {
-    pub(crate) fn new(port: Arc<Port<I, O2>>) -> Self {
-        EntityOutlet { core: port.core.clone(), tx: port.tx.clone(), port }
+/// A read edge into another entity: the converted output goes to the sibling's inbox as a read.
+pub(crate) struct ReadOutlet<I, O2> {
+    core: Arc<Core>,
+    queue: Queue<Envelope<I, O2>>,
+}
+
+impl<I> QueryOutlet<I> {
+    pub(crate) fn new<O2>(port: &Port<I, O2>) -> Self {
+        QueryOutlet { core: port.core.clone(), queue: port.queries.clone() }
     }
 }
 
-impl<O, I, O2> Outlet<O> for EntityOutlet<I, O2>
+impl<I, O2> ReadOutlet<I, O2> {
+    pub(crate) fn new(port: &Port<I, O2>) -> Self {
+        ReadOutlet { core: port.core.clone(), queue: port.inbox.clone() }
+    }
+}
+
+impl<O, I> Outlet<O> for QueryOutlet<I>
+where
+    O: Send,
+    I: From<O> + Send,
+{
+    #[inline]
+    fn send(&self, out: O) -> Result<(), (O, ErrorKind)> {
+        deliver(&self.core, &self.queue, out, I::from)
+    }
+}
+
+impl<O, I, O2> Outlet<O> for ReadOutlet<I, O2>
 where
     O: Send,
     I: From<O> + Send,
     O2: Send,
 {
-    #[inline]
-    fn send(&self, kind: EdgeKind, out: O) -> Result<(), (O, ErrorKind)> {
-        if let Some(refusal) = self.core.state().refusal() {
-            return Err((out, refusal));
-        }
-        let body = I::from(out);
-        let env = match kind {
-            EdgeKind::Read => Envelope::Read(body),
-            _ => Envelope::Query(body),
-        };
-        let sent = if self.port.bounded { self.port.enqueue(env).is_ok() } else { self.tx.send(env).is_ok() };
-        if !sent {
-            // The sibling stopped while this waited on its full bounded queue: the body has been
-            // converted already, so it is counted as undelivered there rather than given back.
-            self.core.counters.undelivered.fetch_add(1, Ordering::AcqRel);
-        }
-        Ok(())
+    fn send(&self, out: O) -> Result<(), (O, ErrorKind)> {
+        deliver(&self.core, &self.queue, out, |out| Envelope::Read(I::from(out)))
     }
+}
+
+/// Refuses `out` if the sibling (`core`) takes no more messages; otherwise converts and enqueues
+/// it.
+#[inline(always)]
+fn deliver<O, T>(core: &Core, queue: &Queue<T>, out: O, convert: impl FnOnce(O) -> T) -> Result<(), (O, ErrorKind)> {
+    if let Some(refusal) = core.state().refusal() {
+        return Err((out, refusal));
+    }
+    if queue.push(convert(out), core).is_err() {
+        // The sibling stopped while this waited on its full bounded queue: the body has been
+        // converted already, so it is counted as undelivered there rather than given back.
+        core.counters.undelivered.fetch_add(1, Ordering::AcqRel);
+    }
+    Ok(())
 }
 
 /// An edge out of the system, to a channel the user reads.
@@ -79,7 +102,7 @@ pub(crate) struct OutputOutlet<O> {
 
 impl<O: Send> Outlet<O> for OutputOutlet<O> {
     #[inline]
-    fn send(&self, _: EdgeKind, out: O) -> Result<(), (O, ErrorKind)> {
+    fn send(&self, out: O) -> Result<(), (O, ErrorKind)> {
         self.tx.send(out).map_err(|e| (e.into_inner(), ErrorKind::Stopped))
     }
 }
@@ -188,7 +211,7 @@ impl<O: Send + 'static> Context<O> {
 
     #[inline]
     fn deliver(sibling: &Sibling<O>, out: O, core: &Core, sent: &mut u64, outputs: &mut u64) -> Result<(), Error> {
-        match sibling.outlet.send(sibling.kind, out) {
+        match sibling.outlet.send(out) {
             Ok(()) => {
                 if sibling.kind == EdgeKind::Output {
                     *outputs += 1;

@@ -14,8 +14,9 @@ use crate::backend::{Backend, BoxBackend};
 use crate::err::{Error, ErrorKind, SendError};
 use crate::system::Shared;
 
-/// What travels on an agent's channel.
+/// What travels on an entity's inbox: everything but the queries of its query edges.
 pub(crate) enum Envelope<I, O> {
+    /// A query from a handle.
     Query(I),
     Read(I),
     Nop,
@@ -157,75 +158,110 @@ pub struct Stats {
     pub max: Duration,
 }
 
-/// The typed part of an entity: its queue.
-pub(crate) struct Port<I, O> {
-    pub(crate) core: Arc<Core>,
-    pub(crate) tx: Sender<Envelope<I, O>>,
-    /// Kept here as well as by the agent so that a stopped or failed entity's queue can still be
-    /// drained and counted as undelivered, and so that sends never see a disconnected channel.
-    pub(crate) rx: Receiver<Envelope<I, O>>,
-    pub(crate) bounded: bool,
+/// One of an entity's two queues, as its senders see it.
+pub(crate) struct Queue<T> {
+    tx: Sender<T>,
+    bounded: bool,
 }
 
-impl<I, O> Port<I, O> {
-    /// Enqueues without any check; blocks on a full bounded queue until there is room or the
-    /// entity stops taking messages.
-    pub(crate) fn enqueue(&self, env: Envelope<I, O>) -> Result<(), (Envelope<I, O>, ErrorKind)> {
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue { tx: self.tx.clone(), bounded: self.bounded }
+    }
+}
+
+impl<T> Queue<T> {
+    /// Enqueues without any check; on a full bounded queue, waits until there is room or the
+    /// entity (`core`) stops taking messages.
+    #[inline]
+    pub(crate) fn push(&self, msg: T, core: &Core) -> Result<(), (T, ErrorKind)> {
         if !self.bounded {
             // The port holds a receiver, so the channel cannot be disconnected.
-            return self.tx.send(env).map_err(|e| (e.into_inner(), ErrorKind::Stopped));
+            return self.tx.send(msg).map_err(|e| (e.into_inner(), ErrorKind::Stopped));
         }
         // Room in the queue is the common case: no clock read for the timeout then.
-        let mut env = match self.tx.try_send(env) {
+        let mut msg = match self.tx.try_send(msg) {
             Ok(()) => return Ok(()),
             Err(e) => e.into_inner(),
         };
         loop {
-            match self.tx.send_timeout(env, Duration::from_millis(10)) {
+            match self.tx.send_timeout(msg, Duration::from_millis(10)) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
-                    env = e.into_inner();
-                    if let Some(kind) = self.core.state().refusal() {
-                        return Err((env, kind));
+                    msg = e.into_inner();
+                    if let Some(kind) = core.state().refusal() {
+                        return Err((msg, kind));
                     }
                 }
             }
         }
     }
+}
+
+/// The typed part of an entity: its two queues.
+///
+/// The queries of query edges, the hot path of a graph, travel as bare bodies on a queue of
+/// their own; everything else (reads, messages from handles, stops and swaps) travels in an
+/// envelope on the inbox. Each sender uses only one of the two (an edge is a query edge or a
+/// read edge, and there is at most one edge from one entity to another; a handle uses the inbox),
+/// so what one sender sends arrives in the order it was sent. A stop or a swap from the inbox
+/// takes its place after the queries queued before it (see `Agent::catch_up`).
+pub(crate) struct Port<I, O> {
+    pub(crate) core: Arc<Core>,
+    pub(crate) queries: Queue<I>,
+    pub(crate) inbox: Queue<Envelope<I, O>>,
+    /// Kept here as well as by the agent so that a stopped or failed entity's queues can still be
+    /// drained and counted as undelivered, and so that sends never see a disconnected channel.
+    pub(crate) queries_rx: Receiver<I>,
+    pub(crate) inbox_rx: Receiver<Envelope<I, O>>,
+}
+
+impl<I, O> Port<I, O> {
+    /// A port with queues of at most `capacity` messages each, or unbounded ones.
+    pub(crate) fn new(core: Arc<Core>, capacity: Option<usize>) -> Self {
+        fn channel<T>(capacity: Option<usize>) -> (Queue<T>, Receiver<T>) {
+            let (tx, rx) = match capacity {
+                Some(capacity) => crossbeam_channel::bounded(capacity),
+                None => crossbeam_channel::unbounded(),
+            };
+            (Queue { tx, bounded: capacity.is_some() }, rx)
+        }
+        let (queries, queries_rx) = channel(capacity);
+        let (inbox, inbox_rx) = channel(capacity);
+        Port { core, queries, inbox, queries_rx, inbox_rx }
+    }
+
+    /// Puts an envelope in the inbox without any check (see [`Queue::push`]).
+    pub(crate) fn enqueue(&self, env: Envelope<I, O>) -> Result<(), (Envelope<I, O>, ErrorKind)> {
+        self.inbox.push(env, &self.core)
+    }
 
     /// Sends a query or read from outside the system.
     pub(crate) fn send_external(&self, env: Envelope<I, O>) -> Result<(), (Envelope<I, O>, ErrorKind)> {
         let shared = &self.core.shared;
-        // Announce the send, then look at `closed`: the shutdown sets `closed`, then waits until
-        // no send is announced before it takes its last look at the queues. So either this send
-        // is refused, or its message is seen there: it is never left in a queue unseen.
-        shared.sending.fetch_add(1, Ordering::SeqCst);
-        let result = if shared.closed.load(Ordering::SeqCst) {
-            Err((env, ErrorKind::Stopped))
-        } else {
-            self.send_external_open(env)
+        // Counted as sent before anything else, and taken back if refused. Shutdown sets `closed`
+        // once every agent has ended, then drains until every message counted as sent is
+        // accounted for (see `System::close`): either this send sees `closed` and is refused, or
+        // the shutdown sees it counted and waits until its message is drained. Counting first
+        // also means it can never be seen handled before it is seen sent (see
+        // `System::quiescent`).
+        shared.external.fetch_add(1, Ordering::SeqCst);
+        let refusal =
+            if shared.closed.load(Ordering::SeqCst) { Some(ErrorKind::Stopped) } else { self.core.state().refusal() };
+        let result = match refusal {
+            Some(kind) => Err((env, kind)),
+            None => self.enqueue(env),
         };
-        shared.sending.fetch_sub(1, Ordering::SeqCst);
+        if result.is_err() {
+            shared.external.fetch_sub(1, Ordering::SeqCst);
+        }
         result
     }
 
-    fn send_external_open(&self, env: Envelope<I, O>) -> Result<(), (Envelope<I, O>, ErrorKind)> {
-        if let Some(kind) = self.core.state().refusal() {
-            return Err((env, kind));
-        }
-        let external = &self.core.shared.external;
-        // Counted before it is enqueued, so that it can never be seen handled before it is seen
-        // sent (see `System::quiescent`).
-        external.fetch_add(1, Ordering::AcqRel);
-        self.enqueue(env).inspect_err(|_| {
-            external.fetch_sub(1, Ordering::AcqRel);
-        })
-    }
-
-    /// Takes everything left in the queue and counts queries and reads as undelivered.
+    /// Takes everything left in both queues and counts queries and reads as undelivered.
     pub(crate) fn drain(&self) -> u64 {
-        let mut n = 0;
-        while let Ok(env) = self.rx.try_recv() {
+        let mut n = self.queries_rx.try_iter().count() as u64;
+        while let Ok(env) = self.inbox_rx.try_recv() {
             match env {
                 Envelope::Query(_) | Envelope::Read(_) => n += 1,
                 Envelope::Nop => {}

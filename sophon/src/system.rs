@@ -31,8 +31,6 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     /// Set once every agent has ended: sends from outside are refused.
     pub(crate) closed: AtomicBool,
-    /// Sends from outside in progress (see `Port::send_external`).
-    pub(crate) sending: AtomicU64,
     signal: Mutex<Signal>,
     changed: Condvar,
     failures_tx: Sender<Failure>,
@@ -53,7 +51,6 @@ impl Shared {
             external: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            sending: AtomicU64::new(0),
             signal: Mutex::new(Signal { stop_requested: false, live_agents: 0 }),
             changed: Condvar::new(),
             failures_tx,
@@ -324,15 +321,21 @@ impl System {
             // The agent's own code catches every panic of the backend's.
             let _ = thread.join();
         }
-        // A handle on another thread may be sending right now. Wait for it, so that the last
-        // drain sees its message; a send into a full bounded queue gives up within 10 ms once
-        // its entity has stopped, and every entity has.
+        // A handle on another thread may be sending right now: its message is counted as sent
+        // before it looks at `closed` (see `Port::send_external`). Drain until every message
+        // counted is accounted for, so that the last drain sees it. A send into a full bounded
+        // queue gives up within 10 ms once its entity has stopped, and every entity has; the
+        // limit only guards against a miscount turning into a hang.
         self.shared.closed.store(true, Ordering::SeqCst);
-        while self.shared.sending.load(Ordering::SeqCst) > 0 {
+        let give_up = Instant::now() + Duration::from_secs(1);
+        loop {
+            for port in &self.ports {
+                port.drain();
+            }
+            if self.quiescent() || Instant::now() >= give_up {
+                break;
+            }
             std::thread::yield_now();
-        }
-        for port in &self.ports {
-            port.drain();
         }
         self.report(timed_out)
     }

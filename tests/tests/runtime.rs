@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{from_fn, pass};
+use sophon::crossbeam_channel;
 use sophon::{
     Backend, BoxError, BuildProblem, Context, EntityOptions, EntityState, ErrorKind, HandlerKind, SystemBuilder,
     TimerId,
@@ -330,6 +331,134 @@ fn swap_under_load_loses_and_repeats_nothing() {
     assert_eq!(handled_by_old + last, N);
     let report = system.shutdown(DEADLINE);
     assert!(report.is_clean(), "{report}");
+}
+
+/// Tags each number with its generation, like [`Tagger`], but its first query waits until the
+/// test opens the gate: what is sent meanwhile piles up in its queues.
+struct GatedTagger {
+    generation: u64,
+    gate: Option<crossbeam_channel::Receiver<()>>,
+}
+
+impl Backend for GatedTagger {
+    type Input = u64;
+    type Output = (u64, u64);
+
+    fn query(&mut self, n: u64, ctx: &mut Context<(u64, u64)>) -> Result<(), BoxError> {
+        if let Some(gate) = self.gate.take() {
+            gate.recv()?;
+        }
+        Ok(ctx.send((self.generation, n))?)
+    }
+}
+
+/// A feeder forwarding into a gated tagger on a query edge, and the gate's key.
+struct Gated {
+    system: sophon::System,
+    feeder: sophon::Handle<u64, u64>,
+    tagger: sophon::Handle<u64, (u64, u64)>,
+    out: crossbeam_channel::Receiver<(u64, u64)>,
+    open: crossbeam_channel::Sender<()>,
+}
+
+fn gated() -> Gated {
+    let (open, gate) = crossbeam_channel::bounded(1);
+    let mut b = SystemBuilder::new();
+    let feeder = b.entity("feeder", pass::<u64>());
+    let tagger = b.entity("tagger", GatedTagger { generation: 0, gate: Some(gate) });
+    b.query_edge(&feeder, &tagger);
+    let out = b.output(&tagger, "out");
+    let system = b.spawn().unwrap();
+    let (feeder, tagger) = (system.handle(&feeder), system.handle(&tagger));
+    Gated { system, feeder, tagger, out, open }
+}
+
+impl Gated {
+    /// Waits until the tagger has taken its first message and waits at the gate.
+    fn until_at_the_gate(&self) {
+        let start = Instant::now();
+        while self.tagger.stats().unwrap().received == 0 {
+            assert!(start.elapsed() < DEADLINE);
+            std::thread::yield_now();
+        }
+    }
+
+    /// Sends `range` through the feeder and waits until all of it is in the tagger's queue.
+    fn queue_on_edge(&self, range: std::ops::Range<u64>) {
+        let before = self.feeder.stats().unwrap().handled;
+        let n = range.end - range.start;
+        range.for_each(|i| self.feeder.query(i).unwrap());
+        let start = Instant::now();
+        while self.feeder.stats().unwrap().handled < before + n {
+            assert!(start.elapsed() < DEADLINE);
+            std::thread::yield_now();
+        }
+    }
+}
+
+// Queries of query edges and messages from handles wait in two queues; a stop or a swap must
+// still come after every query queued before it, in either queue.
+#[test]
+fn a_stop_comes_after_the_queries_queued_before_it_on_edges() {
+    const N: u64 = 1_000;
+    let g = gated();
+    // The first query comes from the handle, so the tagger looks at the handle's queue first.
+    g.tagger.query(0).unwrap();
+    g.until_at_the_gate();
+    g.queue_on_edge(1..N);
+    g.tagger.stop().unwrap();
+    g.open.send(()).unwrap();
+    let got: Vec<_> = g.out.iter().take(N as usize).collect();
+    assert!(got.iter().map(|&(_, n)| n).eq(0..N));
+    let report = g.system.shutdown(DEADLINE);
+    let tagger = report.entity("tagger").unwrap();
+    assert_eq!((tagger.stats.handled, tagger.stats.undelivered), (N, 0), "{report}");
+    assert_eq!(tagger.state, EntityState::Stopped);
+}
+
+#[test]
+fn a_swap_comes_after_the_queries_queued_before_it_on_edges() {
+    const N: u64 = 1_000;
+    let g = gated();
+    g.tagger.query(0).unwrap();
+    g.until_at_the_gate();
+    g.queue_on_edge(1..N);
+    let swapper = {
+        let tagger = g.tagger.clone();
+        std::thread::spawn(move || tagger.swap(GatedTagger { generation: 1, gate: None }).unwrap())
+    };
+    // Give the swap time to reach the queue behind the gate. If it is late, the test still
+    // holds; it only checks less.
+    std::thread::sleep(Duration::from_millis(50));
+    g.open.send(()).unwrap();
+    let old = swapper.join().unwrap();
+    assert!(old.is::<GatedTagger>());
+    g.tagger.query(N).unwrap();
+    let got: Vec<_> = g.out.iter().take(N as usize + 1).collect();
+    let expected: Vec<_> = (0..N).map(|n| (0, n)).chain([(1, N)]).collect();
+    let wrong = got.iter().zip(&expected).position(|(a, b)| a != b);
+    assert_eq!(wrong, None, "a query queued before the swap was handled by the new backend, or out of order");
+    assert!(g.system.shutdown(DEADLINE).is_clean());
+}
+
+// A flood on one queue does not starve the other: a handle's query waiting behind thousands of
+// queued edge queries is handled within a few dozen of them.
+#[test]
+fn neither_queue_starves_the_other() {
+    const N: u64 = 5_000;
+    let g = gated();
+    // The first query comes down the edge, so the tagger keeps to the edge's queue.
+    g.queue_on_edge(0..1);
+    g.until_at_the_gate();
+    g.queue_on_edge(1..N);
+    g.tagger.query(u64::MAX).unwrap();
+    g.open.send(()).unwrap();
+    let got: Vec<u64> = g.out.iter().take(N as usize + 1).map(|(_, n)| n).collect();
+    let marker = got.iter().position(|&n| n == u64::MAX).unwrap();
+    assert!(marker < 100, "the handle's query waited behind {marker} edge queries");
+    let edge: Vec<u64> = got.into_iter().filter(|&n| n != u64::MAX).collect();
+    assert!(edge.into_iter().eq(0..N), "edge queries lost or reordered");
+    assert!(g.system.shutdown(DEADLINE).is_clean());
 }
 
 #[test]
