@@ -210,7 +210,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
     /// It keeps to the queue that gave the last message, whose cache lines are warm, and looks
     /// at the other one every [`FAIRNESS`] messages and whenever that queue runs dry, so that
     /// neither starves the other. Looking at an idle queue is two loads.
-    #[inline]
+    #[inline(always)]
     fn try_next(&mut self) -> Option<Incoming<I, O>> {
         self.streak += 1;
         if self.streak >= FAIRNESS {
@@ -309,7 +309,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
     }
 
     /// Runs a query or read handler and counts it.
-    #[inline]
+    #[inline(always)]
     fn handle(&mut self, kind: HandlerKind, body: I) -> Flow {
         self.received += 1;
         self.core().counters.received.store(self.received, Ordering::Relaxed);
