@@ -236,28 +236,6 @@ impl<I, O> Port<I, O> {
         self.inbox.push(env, &self.core)
     }
 
-    /// Sends a query or read from outside the system.
-    pub(crate) fn send_external(&self, env: Envelope<I, O>) -> Result<(), (Envelope<I, O>, ErrorKind)> {
-        let shared = &self.core.shared;
-        // Counted as sent before anything else, and taken back if refused. Shutdown sets `closed`
-        // once every agent has ended, then drains until every message counted as sent is
-        // accounted for (see `System::close`): either this send sees `closed` and is refused, or
-        // the shutdown sees it counted and waits until its message is drained. Counting first
-        // also means it can never be seen handled before it is seen sent (see
-        // `System::quiescent`).
-        shared.external.fetch_add(1, Ordering::SeqCst);
-        let refusal =
-            if shared.closed.load(Ordering::SeqCst) { Some(ErrorKind::Stopped) } else { self.core.state().refusal() };
-        let result = match refusal {
-            Some(kind) => Err((env, kind)),
-            None => self.enqueue(env),
-        };
-        if result.is_err() {
-            shared.external.fetch_sub(1, Ordering::SeqCst);
-        }
-        result
-    }
-
     /// Takes everything left in both queues and counts queries and reads as undelivered.
     pub(crate) fn drain(&self) -> u64 {
         let mut n = self.queries_rx.try_iter().count() as u64;
@@ -311,39 +289,42 @@ impl<I: Send + 'static, O: Send + 'static> ErasedPort for Port<I, O> {
 /// Its id and name stay readable.
 pub struct Handle<I, O> {
     port: Weak<Port<I, O>>,
-    id: Uuid,
-    name: Arc<str>,
+    /// What a send needs, held directly so that it costs no upgrade of `port`: the entity's
+    /// name, counters and state, and a sender into its inbox. Neither keeps the system alive;
+    /// once it has shut down, sends are refused (see `send_external`).
+    core: Arc<Core>,
+    inbox: Queue<Envelope<I, O>>,
 }
 
 impl<I, O> Clone for Handle<I, O> {
     fn clone(&self) -> Self {
-        Handle { port: self.port.clone(), id: self.id, name: self.name.clone() }
+        Handle { port: self.port.clone(), core: self.core.clone(), inbox: self.inbox.clone() }
     }
 }
 
 impl<I, O> fmt::Debug for Handle<I, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Handle").field("name", &self.name).field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Handle").field("name", &self.core.name).field("id", &self.core.id).finish_non_exhaustive()
     }
 }
 
 impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     pub(crate) fn new(port: &Arc<Port<I, O>>) -> Self {
-        Handle { port: Arc::downgrade(port), id: port.core.id, name: port.core.name.clone() }
+        Handle { port: Arc::downgrade(port), core: port.core.clone(), inbox: port.inbox.clone() }
     }
 
     fn port(&self) -> Result<Arc<Port<I, O>>, Error> {
-        self.port.upgrade().ok_or_else(|| Error::new(ErrorKind::SystemGone, self.name.clone()))
+        self.port.upgrade().ok_or_else(|| Error::new(ErrorKind::SystemGone, self.core.name.clone()))
     }
 
     /// The entity's id, made when it was created.
     pub fn id(&self) -> Uuid {
-        self.id
+        self.core.id
     }
 
     /// The entity's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.core.name
     }
 
     /// Sends a query: the entity's backend answers it to its siblings.
@@ -360,13 +341,36 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     }
 
     fn send_body(&self, body: I, wrap: fn(I) -> Envelope<I, O>) -> Result<(), SendError<I>> {
-        let Some(port) = self.port.upgrade() else {
-            return Err(SendError::new(ErrorKind::SystemGone, self.name.clone(), body));
-        };
-        port.send_external(wrap(body)).map_err(|(env, kind)| match env {
-            Envelope::Query(body) | Envelope::Read(body) => SendError::new(kind, self.name.clone(), body),
+        self.send_external(wrap(body)).map_err(|(env, kind)| match env {
+            Envelope::Query(body) | Envelope::Read(body) => SendError::new(kind, self.core.name.clone(), body),
             _ => unreachable!("only bodies are sent here"),
         })
+    }
+
+    /// Sends a query or read from outside the system.
+    #[inline]
+    fn send_external(&self, env: Envelope<I, O>) -> Result<(), (Envelope<I, O>, ErrorKind)> {
+        let shared = &self.core.shared;
+        // Counted as sent before anything else, and taken back if refused. Shutdown sets `closed`
+        // once every agent has ended, then drains until every message counted as sent is
+        // accounted for (see `System::close`): either this send sees `closed` and is refused, or
+        // the shutdown sees it counted and waits until its message is drained. Counting first
+        // also means it can never be seen handled before it is seen sent (see
+        // `System::quiescent`).
+        shared.external.fetch_add(1, Ordering::SeqCst);
+        let refusal = if shared.closed.load(Ordering::SeqCst) {
+            Some(ErrorKind::SystemGone)
+        } else {
+            self.core.state().refusal()
+        };
+        let result = match refusal {
+            Some(kind) => Err((env, kind)),
+            None => self.inbox.push(env, &self.core),
+        };
+        if result.is_err() {
+            shared.external.fetch_sub(1, Ordering::SeqCst);
+        }
+        result
     }
 
     /// Sends `Nop`: the entity handles what is queued before it, cleans up and its thread ends.
@@ -374,8 +378,8 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     pub fn stop(&self) -> Result<(), Error> {
         let port = self.port()?;
         match port.core.state().refusal() {
-            Some(kind) => Err(Error::new(kind, self.name.clone())),
-            None => port.enqueue(Envelope::Nop).map_err(|(_, kind)| Error::new(kind, self.name.clone())),
+            Some(kind) => Err(Error::new(kind, self.core.name.clone())),
+            None => port.enqueue(Envelope::Nop).map_err(|(_, kind)| Error::new(kind, self.core.name.clone())),
         }
     }
 
@@ -433,23 +437,23 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     /// [`swap`](Handle::swap) for a backend that is already boxed.
     pub fn swap_boxed(&self, backend: BoxBackend<I, O>) -> Result<BoxBackend<I, O>, SendError<BoxBackend<I, O>>> {
         let Some(port) = self.port.upgrade() else {
-            return Err(SendError::new(ErrorKind::SystemGone, self.name.clone(), backend));
+            return Err(SendError::new(ErrorKind::SystemGone, self.core.name.clone(), backend));
         };
         if let Some(kind) = port.core.state().refusal() {
-            return Err(SendError::new(kind, self.name.clone(), backend));
+            return Err(SendError::new(kind, self.core.name.clone(), backend));
         }
         let (reply, answer) = crossbeam_channel::bounded(1);
         let request = Envelope::Swap(Box::new(SwapRequest { backend, reply }));
         if let Err((env, kind)) = port.enqueue(request) {
             let Envelope::Swap(req) = env else { unreachable!("a swap was sent") };
-            return Err(SendError::new(kind, self.name.clone(), req.backend));
+            return Err(SendError::new(kind, self.core.name.clone(), req.backend));
         }
         loop {
             match answer.recv_timeout(Duration::from_millis(20)) {
                 Ok(Ok(old)) => return Ok(old),
                 Ok(Err(new)) => {
                     let kind = port.core.state().refusal().unwrap_or(ErrorKind::Stopped);
-                    return Err(SendError::new(kind, self.name.clone(), new));
+                    return Err(SendError::new(kind, self.core.name.clone(), new));
                 }
                 // The agent ended without reaching the request: take it back out of the queue,
                 // which answers it with the new backend.

@@ -14,7 +14,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// The system the entity belonged to has been shut down and dropped.
+    /// The system the entity belonged to has shut down (every agent has ended) or been dropped.
     SystemGone,
     /// The entity has stopped: it handled a `Nop`, or its system is shutting down.
     Stopped,
