@@ -219,12 +219,16 @@ impl<O: Send + 'static> Context<O> {
                 }
                 Ok(())
             }
-            Err((_, kind)) => {
-                *sent -= 1;
-                core.counters.sent.store(*sent, Ordering::Release);
-                Err(Error::new(kind, sibling.name.clone()))
-            }
+            Err((_, kind)) => Err(Self::refused(sibling, kind, core, sent)),
         }
+    }
+
+    /// Takes back the count of a message a sibling refused, and names the sibling.
+    #[cold]
+    fn refused(sibling: &Sibling<O>, kind: ErrorKind, core: &Core, sent: &mut u64) -> Error {
+        *sent -= 1;
+        core.counters.sent.store(*sent, Ordering::Release);
+        Error::new(kind, sibling.name.clone())
     }
 
     /// Sends `out` to every sibling: each gets a clone, the last one the value itself. With no
@@ -233,32 +237,41 @@ impl<O: Send + 'static> Context<O> {
     /// A sibling that has stopped or failed does not stop the others from getting the message;
     /// the first refusal is returned. The error is `Send + Sync` whatever `O` is, so `?` turns it
     /// into the handler's [`BoxError`](crate::BoxError).
-    #[inline]
+    // Always inlined into the handler: one sibling, the common case, is then a counter store and
+    // a call through the edge.
+    #[inline(always)]
     pub fn send(&mut self, out: O) -> Result<(), Error>
     where
         O: Clone,
     {
-        match self.siblings.len() {
-            0 => Ok(()),
-            1 => {
-                self.count_sent(1);
-                Self::deliver(&self.siblings[0], out, &self.core, &mut self.sent, &mut self.outputs)
-            }
-            n => {
-                self.count_sent(n as u64);
-                let mut first_err = None;
-                let (last, rest) = self.siblings.split_last().expect("not empty");
-                for sibling in rest {
-                    if let Err(e) = Self::deliver(sibling, out.clone(), &self.core, &mut self.sent, &mut self.outputs) {
-                        first_err.get_or_insert(e);
-                    }
-                }
-                if let Err(e) = Self::deliver(last, out, &self.core, &mut self.sent, &mut self.outputs) {
-                    first_err.get_or_insert(e);
-                }
-                first_err.map_or(Ok(()), Err)
+        if self.siblings.len() == 1 {
+            self.count_sent(1);
+            Self::deliver(&self.siblings[0], out, &self.core, &mut self.sent, &mut self.outputs)
+        } else {
+            self.broadcast(out)
+        }
+    }
+
+    /// [`send`](Self::send) to any number of siblings but one.
+    fn broadcast(&mut self, out: O) -> Result<(), Error>
+    where
+        O: Clone,
+    {
+        if self.siblings.is_empty() {
+            return Ok(());
+        }
+        self.count_sent(self.siblings.len() as u64);
+        let (last, rest) = self.siblings.split_last().expect("not empty");
+        let mut first_err = None;
+        for sibling in rest {
+            if let Err(e) = Self::deliver(sibling, out.clone(), &self.core, &mut self.sent, &mut self.outputs) {
+                first_err.get_or_insert(e);
             }
         }
+        if let Err(e) = Self::deliver(last, out, &self.core, &mut self.sent, &mut self.outputs) {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Sends `out` to the sibling called `name` only, moving it.
