@@ -119,7 +119,7 @@ pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
 /// ```text
 /// name = expr;                     an entity running the backend `expr`; its type is inferred
 /// name: Type = expr;               the same, with the backend's type written out
-/// #[bounded(16)] name = expr;      an entity option: a queue of at most 16 messages
+/// #[bounded(16)] name = expr;      an entity option: queues of at most 16 messages each
 /// a -> b;                          a query edge: `b` gets `a`'s output as a query, and answers
 /// a ~> b;                          a read edge: `b` gets `a`'s output as a read, answers nothing
 /// a -> [b, c, d];                  fan-out: one edge to each target (also with `~>`)

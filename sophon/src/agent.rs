@@ -1,4 +1,4 @@
-//! The agent: an entity's thread. It waits on its queue, runs the backend, and keeps the counts.
+//! The agent: an entity's thread. It waits on its two queues, runs the backend, and keeps the counts.
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};

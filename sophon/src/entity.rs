@@ -139,7 +139,7 @@ impl Core {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Queries and reads the agent took from its queue.
+    /// Queries and reads the agent took from its queues.
     pub received: u64,
     /// Queries and reads whose handler returned, with `Ok` or `Err`.
     pub handled: u64,
