@@ -15,6 +15,15 @@ use sophon::{
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// Waits until `done` holds, failing the test past [`DEADLINE`].
+fn wait_until(mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting");
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 fn pipeline_delivers_every_message_once_and_in_order() {
     const N: u64 = 100_000;
@@ -132,11 +141,7 @@ fn nop_ends_exactly_its_agent() {
     handles[1].query(7).unwrap();
     handles[1].stop().unwrap();
     assert_eq!(outs[1].recv().unwrap(), 7, "what was queued before the nop is handled");
-    let start = Instant::now();
-    while handles[1].state().unwrap() != EntityState::Stopped {
-        assert!(start.elapsed() < DEADLINE);
-        std::thread::yield_now();
-    }
+    wait_until(|| handles[1].state().unwrap() == EntityState::Stopped);
     assert_eq!(cleanups[1].load(Ordering::SeqCst), 1);
     assert_eq!(handles[1].query(8).unwrap_err().kind(), ErrorKind::Stopped);
     assert_eq!(handles[1].stop().unwrap_err().kind(), ErrorKind::Stopped);
@@ -263,11 +268,7 @@ fn a_panicking_backend_fails_alone_and_nothing_is_silently_dropped() {
     release.store(true, Ordering::SeqCst);
     assert_eq!(fragile_out.iter().take(2).collect::<Vec<_>>(), [0, 1]);
     let fragile_h = system.handle(&fragile);
-    let start = Instant::now();
-    while fragile_h.state().unwrap() != EntityState::Failed {
-        assert!(start.elapsed() < DEADLINE);
-        std::thread::yield_now();
-    }
+    wait_until(|| fragile_h.state().unwrap() == EntityState::Failed);
     let err = fragile_h.query(9).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Failed);
     assert_eq!(err.into_body(), 9);
@@ -376,11 +377,7 @@ fn gated() -> Gated {
 impl Gated {
     /// Waits until the tagger has taken its first message and waits at the gate.
     fn until_at_the_gate(&self) {
-        let start = Instant::now();
-        while self.tagger.stats().unwrap().received == 0 {
-            assert!(start.elapsed() < DEADLINE);
-            std::thread::yield_now();
-        }
+        wait_until(|| self.tagger.stats().unwrap().received > 0);
     }
 
     /// Sends `range` through the feeder and waits until all of it is in the tagger's queue.
@@ -388,11 +385,7 @@ impl Gated {
         let before = self.feeder.stats().unwrap().handled;
         let n = range.end - range.start;
         range.for_each(|i| self.feeder.query(i).unwrap());
-        let start = Instant::now();
-        while self.feeder.stats().unwrap().handled < before + n {
-            assert!(start.elapsed() < DEADLINE);
-            std::thread::yield_now();
-        }
+        wait_until(|| self.feeder.stats().unwrap().handled >= before + n);
     }
 }
 
