@@ -375,17 +375,14 @@ fn gated() -> Gated {
 }
 
 impl Gated {
-    /// Waits until the tagger has taken its first message and waits at the gate.
-    fn until_at_the_gate(&self) {
+    /// Holds `0..n` in front of the tagger: `0` waits at the gate, and the rest are in its queue
+    /// for the edge when this returns. `0` comes from the handle or down the edge, and the
+    /// tagger first looks at the queue that gave it.
+    fn hold(&self, n: u64, first_from_handle: bool) {
+        if first_from_handle { self.tagger.query(0) } else { self.feeder.query(0) }.unwrap();
         wait_until(|| self.tagger.stats().unwrap().received > 0);
-    }
-
-    /// Sends `range` through the feeder and waits until all of it is in the tagger's queue.
-    fn queue_on_edge(&self, range: std::ops::Range<u64>) {
-        let before = self.feeder.stats().unwrap().handled;
-        let n = range.end - range.start;
-        range.for_each(|i| self.feeder.query(i).unwrap());
-        wait_until(|| self.feeder.stats().unwrap().handled >= before + n);
+        (1..n).for_each(|i| self.feeder.query(i).unwrap());
+        wait_until(|| self.feeder.stats().unwrap().handled == n - u64::from(first_from_handle));
     }
 }
 
@@ -395,10 +392,7 @@ impl Gated {
 fn a_stop_comes_after_the_queries_queued_before_it_on_edges() {
     const N: u64 = 1_000;
     let g = gated();
-    // The first query comes from the handle, so the tagger looks at the handle's queue first.
-    g.tagger.query(0).unwrap();
-    g.until_at_the_gate();
-    g.queue_on_edge(1..N);
+    g.hold(N, true);
     g.tagger.stop().unwrap();
     g.open.send(()).unwrap();
     let got: Vec<_> = g.out.iter().take(N as usize).collect();
@@ -413,9 +407,7 @@ fn a_stop_comes_after_the_queries_queued_before_it_on_edges() {
 fn a_swap_comes_after_the_queries_queued_before_it_on_edges() {
     const N: u64 = 1_000;
     let g = gated();
-    g.tagger.query(0).unwrap();
-    g.until_at_the_gate();
-    g.queue_on_edge(1..N);
+    g.hold(N, true);
     let swapper = {
         let tagger = g.tagger.clone();
         std::thread::spawn(move || tagger.swap(GatedTagger { generation: 1, gate: None }).unwrap())
@@ -441,9 +433,7 @@ fn neither_queue_starves_the_other() {
     const N: u64 = 5_000;
     let g = gated();
     // The first query comes down the edge, so the tagger keeps to the edge's queue.
-    g.queue_on_edge(0..1);
-    g.until_at_the_gate();
-    g.queue_on_edge(1..N);
+    g.hold(N, false);
     g.tagger.query(u64::MAX).unwrap();
     g.open.send(()).unwrap();
     let got: Vec<u64> = g.out.iter().take(N as usize + 1).map(|(_, n)| n).collect();
