@@ -10,14 +10,24 @@ pub fn cycles(nodes: usize, edges: &[(usize, usize)]) -> Vec<Vec<usize>> {
         adjacent[from].push(to);
     }
     let mut found: Vec<Vec<usize>> =
-        components(&adjacent).into_iter().filter_map(|component| cycle_in(&adjacent, &component)).collect();
+        tarjan(&adjacent).into_iter().filter_map(|component| cycle_in(&adjacent, &component)).collect();
     found.sort();
     found
 }
 
+/// The strongly connected components of a directed graph, each a list of nodes, in reverse
+/// topological order: a component comes after every component its edges lead to (sinks first).
+pub fn components(nodes: usize, edges: &[(usize, usize)]) -> Vec<Vec<usize>> {
+    let mut adjacent = vec![Vec::new(); nodes];
+    for &(from, to) in edges {
+        adjacent[from].push(to);
+    }
+    tarjan(&adjacent)
+}
+
 /// Tarjan's strongly connected components, iterative so that long chains cannot overflow the
 /// stack.
-fn components(adjacent: &[Vec<usize>]) -> Vec<Vec<usize>> {
+fn tarjan(adjacent: &[Vec<usize>]) -> Vec<Vec<usize>> {
     const UNSEEN: usize = usize::MAX;
     let n = adjacent.len();
     let (mut index, mut low, mut on_stack) = (vec![UNSEEN; n], vec![0; n], vec![false; n]);
@@ -100,7 +110,17 @@ fn cycle_in(adjacent: &[Vec<usize>], component: &[usize]) -> Option<Vec<usize>> 
 
 #[cfg(test)]
 mod tests {
-    use super::cycles;
+    use super::{components, cycles};
+
+    #[test]
+    fn components_come_sinks_first() {
+        // 0 -> {1 <-> 2} -> 3, and 4 alone.
+        let found = components(5, &[(0, 1), (1, 2), (2, 1), (2, 3)]);
+        let position = |n: usize| found.iter().position(|c| c.contains(&n)).unwrap();
+        assert_eq!(found.len(), 4);
+        assert_eq!(position(1), position(2));
+        assert!(position(3) < position(1) && position(1) < position(0));
+    }
 
     #[test]
     fn acyclic_graphs_have_no_cycles() {

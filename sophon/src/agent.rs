@@ -1,6 +1,7 @@
 //! The agent: an entity's thread. It waits on its two queues, runs the backend, and keeps the counts.
 
 use std::any::Any;
+use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,12 +10,13 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 use crossbeam_utils::Backoff;
 
-use crate::backend::BoxBackend;
+use crate::backend::{Backend, BoxBackend};
 use crate::context::Context;
 use crate::entity::{Core, EntityState, Envelope, Port};
 use crate::err::BoxError;
 use crate::message::HandlerKind;
-use crate::system::Failure;
+use crate::restart::{FactoryFailed, Supervisor};
+use crate::shared::{Failure, PanicError};
 
 pub(crate) struct Agent<I, O> {
     /// The entity's core, held directly: the port's own cache line takes the reference-count
@@ -29,13 +31,36 @@ pub(crate) struct Agent<I, O> {
     streak: u32,
     backend: BoxBackend<I, O>,
     pub(crate) ctx: Context<O>,
+    /// The restart policy and factory, if the entity has them.
+    supervisor: Option<Supervisor<I, O>>,
     timing: Timing,
     // Mirrors of the counters only this agent writes, so that publishing one is a plain store.
     received: u64,
     handled: u64,
+    dropped: u64,
     errors: u64,
+    panics: u64,
+    restarts: u64,
     activations: u64,
     activations_done: u64,
+}
+
+/// What an entity holds between dropping a backend that panicked and getting the next one from
+/// its factory, or when its first factory call failed (and `spawn` refuses the system). Never
+/// handles a message: if the factory fails, the entity fails.
+struct Vacant<I, O>(PhantomData<fn(I) -> O>);
+
+impl<I: Send + 'static, O: Send + 'static> Backend for Vacant<I, O> {
+    type Input = I;
+    type Output = O;
+
+    fn query(&mut self, _: I, _: &mut Context<O>) -> Result<(), BoxError> {
+        Err("the entity has no backend".into())
+    }
+}
+
+pub(crate) fn vacant<I: Send + 'static, O: Send + 'static>() -> BoxBackend<I, O> {
+    Box::new(Vacant(PhantomData))
 }
 
 /// Times handling in batches of messages rather than one by one.
@@ -123,8 +148,9 @@ enum Flow {
 }
 
 impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
-    pub(crate) fn new(port: Arc<Port<I, O>>, backend: BoxBackend<I, O>) -> Self {
+    pub(crate) fn new(port: Arc<Port<I, O>>, backend: BoxBackend<I, O>, supervisor: Option<Supervisor<I, O>>) -> Self {
         Agent {
+            supervisor,
             queries: port.queries_rx.clone(),
             inbox: port.inbox_rx.clone(),
             from_inbox: false,
@@ -136,7 +162,10 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             backend,
             received: 0,
             handled: 0,
+            dropped: 0,
             errors: 0,
+            panics: 0,
+            restarts: 0,
             activations: 0,
             activations_done: 0,
         }
@@ -147,6 +176,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
     }
 
     pub(crate) fn run(mut self) {
+        self.core.enter();
         let end = match self.activate(HandlerKind::Start, |b, ctx| b.start(ctx)) {
             Flow::Failed => EntityState::Failed,
             Flow::Continue => self.serve(),
@@ -321,25 +351,33 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         if self.timing.handled_one() || result.is_err() {
             self.close_batch();
         }
-        let counters = &self.core.counters;
         match result {
             Ok(result) => {
                 if let Err(error) = result {
-                    self.errors += 1;
-                    counters.errors.store(self.errors, Ordering::Relaxed);
-                    self.report(kind, error.to_string(), false);
+                    self.failed(kind, error);
                 }
                 // Published last, with release: it marks the message done (see
                 // `System::quiescent`).
                 self.handled += 1;
-                counters.handled.store(self.handled, Ordering::Release);
+                self.core.counters.handled.store(self.handled, Ordering::Release);
                 Flow::Continue
             }
             Err(payload) => {
-                self.panicked(kind, payload);
-                Flow::Failed
+                let flow = self.panicked(kind, payload);
+                // Done, after the restart if there was one: the system is not idle before.
+                self.dropped += 1;
+                self.core.counters.dropped.store(self.dropped, Ordering::Release);
+                flow
             }
         }
+    }
+
+    /// Counts and reports a handler's `Err`.
+    #[cold]
+    fn failed(&mut self, kind: HandlerKind, error: BoxError) {
+        self.errors += 1;
+        self.core.counters.errors.store(self.errors, Ordering::Relaxed);
+        self.report(kind, error.into(), false);
     }
 
     /// Runs a handler that no message asked for (`start`, a timer), unless the system is
@@ -352,9 +390,8 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         // Announce the run, then look at `stopping`; the shutdown sets `stopping`, then reads
         // the announcements. With both sides sequentially consistent, either this run sees
         // `stopping` and does not start, or the shutdown sees the run and waits for it.
-        let counters = &self.core.counters;
         self.activations += 1;
-        counters.activations.store(self.activations, Ordering::SeqCst);
+        self.core.counters.activations.store(self.activations, Ordering::SeqCst);
         let flow = if self.core.shared.stopping.load(Ordering::SeqCst) {
             self.ctx.clear_timers();
             Flow::Continue
@@ -363,19 +400,14 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             match catch_unwind(AssertUnwindSafe(|| f(backend, ctx))) {
                 Ok(Ok(())) => Flow::Continue,
                 Ok(Err(error)) => {
-                    self.errors += 1;
-                    counters.errors.store(self.errors, Ordering::Relaxed);
-                    self.report(kind, error.to_string(), false);
+                    self.failed(kind, error);
                     Flow::Continue
                 }
-                Err(payload) => {
-                    self.panicked(kind, payload);
-                    Flow::Failed
-                }
+                Err(payload) => self.panicked(kind, payload),
             }
         };
         self.activations_done += 1;
-        counters.activations_done.store(self.activations_done, Ordering::SeqCst);
+        self.core.counters.activations_done.store(self.activations_done, Ordering::SeqCst);
         flow
     }
 
@@ -388,41 +420,97 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         match catch_unwind(AssertUnwindSafe(|| backend.nop(ctx))) {
             Ok(Ok(())) => EntityState::Stopped,
             Ok(Err(error)) => {
-                self.errors += 1;
-                self.core().counters.errors.store(self.errors, Ordering::Relaxed);
-                self.report(HandlerKind::Nop, error.to_string(), false);
+                self.failed(HandlerKind::Nop, error);
                 EntityState::Stopped
             }
-            Err(payload) => {
-                self.panicked(HandlerKind::Nop, payload);
-                EntityState::Failed
-            }
+            // A stopping entity is not restarted.
+            Err(payload) => match self.panicked(HandlerKind::Nop, payload) {
+                Flow::Continue => EntityState::Stopped,
+                Flow::Failed => EntityState::Failed,
+            },
         }
     }
 
-    fn panicked(&self, kind: HandlerKind, payload: Box<dyn Any + Send>) {
+    /// Records and reports a handler's panic, then restarts the entity if its policy allows
+    /// (never for `nop`: the entity is stopping) or marks it failed.
+    #[cold]
+    fn panicked(&mut self, kind: HandlerKind, payload: Box<dyn Any + Send>) -> Flow {
         let message = panic_message(&*payload);
-        // Mark the entity failed first so that no one sends it more work.
-        self.core().set_state(EntityState::Failed);
-        *self.core().panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
-        let panics = self.core().counters.panics.load(Ordering::Relaxed) + 1;
-        self.core().counters.panics.store(panics, Ordering::Release);
-        self.report(kind, message, true);
+        // A payload that panics when dropped must not take the agent down.
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+        *self.core.panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
+        self.count_panic();
+        let restart = kind != HandlerKind::Nop && self.supervisor.is_some();
+        if !restart {
+            // Marked failed before it is reported, so that no one sends it more work.
+            self.core.set_state(EntityState::Failed);
+        }
+        self.report(kind, Arc::new(PanicError::new(message)), true);
+        if restart { self.restart() } else { Flow::Failed }
     }
 
-    fn report(&self, kind: HandlerKind, error: String, panicked: bool) {
+    /// Rebuilds the backend with the factory, if the policy allows one more restart, and runs
+    /// the new backend's `start`. The queue, the id and the handles are kept.
+    #[cold]
+    fn restart(&mut self) -> Flow {
+        let supervisor = self.supervisor.as_mut().expect("only entities with a policy restart");
+        if let Err(limit) = supervisor.admit(Instant::now()) {
+            return self.give_up(Arc::new(limit), false);
+        }
+        // The old backend's timers go with it. It is dropped before the factory runs, so that
+        // what it holds (a file, a port, a child process) is free for the new one.
+        self.ctx.clear_timers();
+        let old = std::mem::replace(&mut self.backend, vacant());
+        self.drop_backend(old);
+        let supervisor = self.supervisor.as_mut().expect("only entities with a policy restart");
+        match catch_unwind(AssertUnwindSafe(|| (supervisor.factory)())) {
+            Ok(Ok(backend)) => self.backend = backend,
+            Ok(Err(error)) => return self.give_up(Arc::new(FactoryFailed(error)), false),
+            Err(payload) => {
+                self.count_panic();
+                let panic = PanicError::new(panic_message(&*payload));
+                return self.give_up(Arc::new(FactoryFailed(Box::new(panic))), true);
+            }
+        }
+        self.restarts += 1;
+        self.core.counters.restarts.store(self.restarts, Ordering::Relaxed);
+        self.activate(HandlerKind::Start, |b, ctx| b.start(ctx))
+    }
+
+    /// Ends a restart that could not be done: the entity fails, saying why.
+    fn give_up(&mut self, why: Arc<dyn std::error::Error + Send + Sync>, panicked: bool) -> Flow {
+        self.core.set_state(EntityState::Failed);
+        self.report(HandlerKind::Restart, why, panicked);
+        Flow::Failed
+    }
+
+    fn count_panic(&mut self) {
+        self.panics += 1;
+        self.core.counters.panics.store(self.panics, Ordering::Relaxed);
+    }
+
+    /// Drops a backend; a panic in its `Drop` is counted and reported, and goes no further.
+    fn drop_backend(&mut self, backend: BoxBackend<I, O>) {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(backend))) {
+            self.count_panic();
+            self.report(HandlerKind::Drop, Arc::new(PanicError::new(panic_message(&*payload))), true);
+        }
+    }
+
+    fn report(&self, kind: HandlerKind, error: Arc<dyn std::error::Error + Send + Sync>, panicked: bool) {
         let core = self.core();
         core.shared.report(Failure { entity: core.name.to_string(), id: core.id, kind, error, panicked });
     }
 
-    fn finish(self, end: EntityState) {
-        let Agent { port, backend, ctx, .. } = self;
-        port.core.set_state(end);
-        port.drain();
-        // A backend that panicked may panic again when dropped; that must not take the thread
-        // down before it has signed off.
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(backend)));
-        drop(ctx);
+    fn finish(mut self, end: EntityState) {
+        self.core.set_state(end);
+        self.port.drain();
+        let backend = std::mem::replace(&mut self.backend, vacant());
+        self.drop_backend(backend);
+        let Agent { port, ctx, supervisor, .. } = self;
+        // The factory and the context (with its siblings' senders) go before the agent signs off.
+        drop((ctx, supervisor));
+        port.core.ended.store(true, Ordering::Release);
         port.core.shared.agent_ended();
     }
 }

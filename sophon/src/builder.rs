@@ -7,12 +7,14 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, vacant};
 use crate::backend::{BoxBackend, IntoBackend};
 use crate::context::{EdgeKind, Outlet, OutputOutlet, QueryOutlet, ReadOutlet, Sibling};
 use crate::entity::{Core, ErasedPort, Port};
 use crate::err::{BuildError, BuildProblem};
-use crate::system::{Shared, System};
+use crate::restart::{Factory, FactoryOutput, Restart, Supervisor, boxed_factory};
+use crate::shared::Shared;
+use crate::system::System;
 
 static NEXT_BUILDER: AtomicU64 = AtomicU64::new(0);
 
@@ -38,21 +40,27 @@ impl<I, O> fmt::Debug for Node<I, O> {
     }
 }
 
-/// Options of one entity, given to [`SystemBuilder::entity_with`].
+/// Options of one entity, given to [`SystemBuilder::entity_with`] and
+/// [`SystemBuilder::supervised`].
 ///
 /// # Examples
 ///
 /// ```
-/// let options = sophon::EntityOptions::new().bounded(64);
+/// use std::time::Duration;
+/// use sophon::{EntityOptions, Restart};
+///
+/// let options = EntityOptions::new().bounded(64).restart(5, Duration::from_secs(10));
 /// assert_eq!(options.capacity(), Some(64));
+/// assert_eq!(options.restart_policy(), Some(Restart::new(5, Duration::from_secs(10))));
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EntityOptions {
     capacity: Option<usize>,
+    restart: Option<Restart>,
 }
 
 impl EntityOptions {
-    /// The defaults: unbounded queues.
+    /// The defaults: unbounded queues, no restarts.
     pub fn new() -> Self {
         EntityOptions::default()
     }
@@ -60,7 +68,13 @@ impl EntityOptions {
     /// Gives the entity bounded queues: senders wait for room, which slows a fast producer down
     /// to the entity's pace. An entity has two queues, one for the queries of its query edges and
     /// one for everything else (reads, and messages sent through handles); each holds at most
-    /// `capacity` messages.
+    /// `capacity` messages, which must be at least 1 ([`spawn`](SystemBuilder::spawn) refuses
+    /// 0).
+    ///
+    /// A wait for room ends with an error rather than forever: when the entity stops, when the
+    /// shutdown deadline passes, or at once when a handler waits on its own entity
+    /// ([`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock)). A loop of edges whose
+    /// entities are all bounded could wait forever, so `spawn` refuses it.
     pub fn bounded(mut self, capacity: usize) -> Self {
         self.capacity = Some(capacity);
         self
@@ -69,6 +83,18 @@ impl EntityOptions {
     /// The capacity of each of the entity's queues; `None` when unbounded.
     pub fn capacity(&self) -> Option<usize> {
         self.capacity
+    }
+
+    /// Restarts the entity when its backend panics, at most `max` times within any window of
+    /// `within`: see [`SystemBuilder::supervised`], which gives the factory that rebuilds it.
+    pub fn restart(mut self, max: u32, within: std::time::Duration) -> Self {
+        self.restart = Some(Restart::new(max, within));
+        self
+    }
+
+    /// The restart policy, if any.
+    pub fn restart_policy(&self) -> Option<Restart> {
+        self.restart
     }
 }
 
@@ -91,12 +117,13 @@ impl<I: Send + 'static, O: Send + 'static> PendingAgent for Agent<I, O> {
 struct Pending {
     name: Arc<str>,
     port: Arc<dyn ErasedPort>,
+    bounded: bool,
     agent: Box<dyn PendingAgent>,
 }
 
-struct EdgeSpec {
-    from: usize,
-    to: usize,
+pub(crate) struct EdgeSpec {
+    pub(crate) from: usize,
+    pub(crate) to: usize,
     kind: EdgeKind,
     intended_loop: bool,
 }
@@ -203,6 +230,93 @@ impl SystemBuilder {
         backend: BoxBackend<I, O>,
         options: EntityOptions,
     ) -> Node<I, O> {
+        if options.restart.is_some() {
+            self.problems.push(BuildProblem::RestartWithoutFactory { name: name.to_string() });
+        }
+        self.add(name, backend, None, options)
+    }
+
+    /// Adds an entity whose backend `factory` builds, and builds again each time the backend
+    /// panics, as the restart policy of `options` allows ([`EntityOptions::restart`]).
+    ///
+    /// On a panic the message being handled is reported as failed (counted in
+    /// [`Stats::panics`](crate::Stats::panics), sent to [`System::failures`]), the old backend
+    /// is dropped, the factory builds a new one, and its [`start`](crate::Backend::start) runs;
+    /// then the agent goes on with the next message. The entity keeps its id, its handles and
+    /// everything queued for it. Past the policy's limit, or if the factory fails or panics, the
+    /// entity fails as one without a policy does, with a failure of kind
+    /// [`HandlerKind::Restart`](crate::HandlerKind::Restart) that says why. Without a policy in
+    /// `options`, the factory is only called once.
+    ///
+    /// The factory returns a backend, or a `Result` of one (see [`FactoryOutput`]). It is called
+    /// here, once, for the first backend; if that fails, so does [`spawn`](Self::spawn).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sophon::{Backend, BoxError, Context, EntityOptions, SystemBuilder};
+    ///
+    /// /// Doubles numbers, and panics on 13.
+    /// struct Fragile;
+    /// impl Backend for Fragile {
+    ///     type Input = u32;
+    ///     type Output = u32;
+    ///     fn query(&mut self, n: u32, ctx: &mut Context<u32>) -> Result<(), BoxError> {
+    ///         assert_ne!(n, 13, "unlucky");
+    ///         Ok(ctx.send(n * 2)?)
+    ///     }
+    /// }
+    ///
+    /// let mut builder = SystemBuilder::new();
+    /// let options = EntityOptions::new().restart(3, Duration::from_secs(10));
+    /// let fragile = builder.supervised("fragile", || Fragile, options);
+    /// let out = builder.output(&fragile, "out");
+    /// let system = builder.spawn()?;
+    /// let handle = system.handle(&fragile);
+    /// let id = handle.id();
+    ///
+    /// for n in [12, 13, 14] {
+    ///     handle.query(n)?;
+    /// }
+    /// assert_eq!(out.iter().take(2).collect::<Vec<_>>(), [24, 28]);
+    /// let failure = system.failures().recv()?;
+    /// assert!(failure.panicked);
+    /// assert_eq!(failure.message(), "assertion `left != right` failed: unlucky\n  left: 13\n right: 13");
+    ///
+    /// let report = system.shutdown(Duration::from_secs(5));
+    /// let fragile = report.entity("fragile").unwrap();
+    /// assert_eq!((fragile.stats.handled, fragile.stats.panics, fragile.stats.restarts), (2, 1, 1));
+    /// assert_eq!(fragile.id, id);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn supervised<F, R>(
+        &mut self,
+        name: &str,
+        factory: F,
+        options: EntityOptions,
+    ) -> Node<<R::Backend as IntoBackend>::Input, <R::Backend as IntoBackend>::Output>
+    where
+        F: FnMut() -> R + Send + 'static,
+        R: FactoryOutput,
+    {
+        let mut factory = boxed_factory(factory);
+        match factory() {
+            Ok(backend) => self.add(name, backend, Some(factory), options),
+            Err(error) => {
+                self.problems.push(BuildProblem::Factory { name: name.to_string(), error });
+                self.add(name, vacant(), None, options)
+            }
+        }
+    }
+
+    fn add<I: Send + 'static, O: Send + 'static>(
+        &mut self,
+        name: &str,
+        backend: BoxBackend<I, O>,
+        factory: Option<Factory<I, O>>,
+        options: EntityOptions,
+    ) -> Node<I, O> {
         let name: Arc<str> = Arc::from(name);
         let index = self.entities.len();
         if self.names.contains_key(&name) {
@@ -210,10 +324,18 @@ impl SystemBuilder {
         } else {
             self.names.insert(name.clone(), index);
         }
+        if options.capacity == Some(0) {
+            self.problems.push(BuildProblem::ZeroCapacity { name: name.to_string() });
+        }
+        let supervisor = match (options.restart, factory) {
+            (Some(policy), Some(factory)) => Some(Supervisor::new(policy, factory)),
+            _ => None,
+        };
         let core = Arc::new(Core::new(name.clone(), self.shared.clone()));
-        let port = Arc::new(Port::new(core, options.capacity));
-        let agent = Agent::new(port.clone(), backend);
-        self.entities.push(Pending { name, port, agent: Box::new(agent) });
+        // A capacity of 0 is refused by `spawn`; until then the port is made as if it were 1.
+        let port = Arc::new(Port::new(core, options.capacity.map(|c| c.max(1))));
+        let agent = Agent::new(port.clone(), backend, supervisor);
+        self.entities.push(Pending { name, port, bounded: options.capacity.is_some(), agent: Box::new(agent) });
         Node { builder: self.id, index, types: PhantomData }
     }
 
@@ -340,7 +462,8 @@ impl SystemBuilder {
         tx: crossbeam_channel::Sender<O>,
     ) -> &mut Self {
         assert_eq!(from.builder, self.id, "the node comes from another builder");
-        let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, Box::new(OutputOutlet { tx }));
+        let outlet = OutputOutlet { tx, shared: self.shared.clone() };
+        let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, Box::new(outlet));
         self.agent_mut(from).ctx.add_sibling(sibling);
         self
     }
@@ -356,36 +479,37 @@ impl SystemBuilder {
     /// Checks the graph and starts one thread per entity, named `sophon:<name>`.
     ///
     /// Fails with every problem found: duplicate entity names, duplicate edges, nodes of another
-    /// builder, and cycles of query edges not declared with [`loop_edge`](Self::loop_edge).
+    /// builder, cycles of query edges not declared with [`loop_edge`](Self::loop_edge), loops
+    /// of bounded entities, bounded queues of capacity 0, restart policies without a factory,
+    /// and factories that failed.
     pub fn spawn(mut self) -> Result<System, BuildError> {
         self.check_edges();
         if !self.problems.is_empty() {
             return Err(BuildError::new(self.problems));
         }
-        let SystemBuilder { id, shared, entities, names, .. } = self;
+        let SystemBuilder { id, shared, entities, names, edges, .. } = self;
         let ports: Vec<_> = entities.iter().map(|e| e.port.clone()).collect();
         shared.agents_started(entities.len());
         let mut threads = Vec::with_capacity(entities.len());
         let mut failed = None;
-        let mut unstarted = 0;
         for pending in entities {
-            if failed.is_some() {
-                unstarted += 1;
-                continue;
-            }
-            let agent = pending.agent;
-            match std::thread::Builder::new().name(format!("sophon:{}", pending.name)).spawn(move || agent.run()) {
-                Ok(thread) => threads.push(thread),
-                Err(e) => {
-                    failed = Some(e);
-                    unstarted += 1;
+            let thread = match failed {
+                Some(_) => None,
+                None => {
+                    let agent = pending.agent;
+                    let thread = std::thread::Builder::new().name(format!("sophon:{}", pending.name));
+                    thread.spawn(move || agent.run()).map_err(|e| failed = Some(e)).ok()
                 }
+            };
+            if thread.is_none() {
+                // Never started: as good as ended, for the shutdown of those that did.
+                pending.port.core().ended.store(true, std::sync::atomic::Ordering::Release);
+                shared.agent_ended();
             }
+            threads.push(thread);
         }
-        for _ in 0..unstarted {
-            shared.agent_ended();
-        }
-        let system = System::new(id, ports, names, threads, shared);
+        let edges: Vec<_> = edges.iter().map(|e| (e.from, e.to)).collect();
+        let system = System::new(id, ports, names, &edges, threads, shared);
         match failed {
             None => Ok(system),
             Some(e) => {
@@ -413,6 +537,18 @@ impl SystemBuilder {
         for cycle in sophon_graph::cycles(self.entities.len(), &queries) {
             let cycle = cycle.into_iter().map(name).collect();
             self.problems.push(BuildProblem::QueryCycle { cycle });
+        }
+        // A loop through at least two bounded entities and no unbounded one can fill every
+        // queue on it and wait forever; a bounded entity sending to itself gets an error instead.
+        let bounded: Vec<_> = self
+            .edges
+            .iter()
+            .filter(|e| e.from != e.to && self.entities[e.from].bounded && self.entities[e.to].bounded)
+            .map(|e| (e.from, e.to))
+            .collect();
+        for cycle in sophon_graph::cycles(self.entities.len(), &bounded) {
+            let cycle = cycle.into_iter().map(name).collect();
+            self.problems.push(BuildProblem::BoundedLoop { cycle });
         }
     }
 }

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use uuid::Uuid;
 
 use crate::entity::{Core, Envelope, Port, Queue};
 use crate::err::{Error, ErrorKind};
+use crate::shared::Shared;
 
 /// The kind of an outgoing edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -25,9 +26,10 @@ pub enum EdgeKind {
     Output,
 }
 
-/// Where an edge delivers: a sibling's queue or an output channel.
+/// Where an edge delivers: a sibling's queue or an output channel. A refused message is dropped
+/// (it may have been converted already); the sender counts the refusal.
 pub(crate) trait Outlet<O>: Send {
-    fn send(&self, out: O) -> Result<(), (O, ErrorKind)>;
+    fn send(&self, out: O) -> Result<(), ErrorKind>;
 }
 
 /// A query edge into another entity: the output, converted into the sibling's input, goes to the
@@ -64,7 +66,7 @@ where
     I: From<O> + Send,
 {
     #[inline]
-    fn send(&self, out: O) -> Result<(), (O, ErrorKind)> {
+    fn send(&self, out: O) -> Result<(), ErrorKind> {
         deliver(&self.core, &self.queue, out, I::from)
     }
 }
@@ -75,35 +77,49 @@ where
     I: From<O> + Send,
     O2: Send,
 {
-    fn send(&self, out: O) -> Result<(), (O, ErrorKind)> {
+    fn send(&self, out: O) -> Result<(), ErrorKind> {
         deliver(&self.core, &self.queue, out, |out| Envelope::Read(I::from(out)))
     }
 }
 
 /// Refuses `out` if the sibling (`core`) takes no more messages; otherwise converts and enqueues
-/// it.
+/// it. On a full bounded queue it waits (see [`Queue::push`]).
 #[inline(always)]
-fn deliver<O, T>(core: &Core, queue: &Queue<T>, out: O, convert: impl FnOnce(O) -> T) -> Result<(), (O, ErrorKind)> {
+fn deliver<O, T>(core: &Core, queue: &Queue<T>, out: O, convert: impl FnOnce(O) -> T) -> Result<(), ErrorKind> {
     if let Some(refusal) = core.state().refusal() {
-        return Err((out, refusal));
+        return Err(refusal);
     }
-    if queue.push(convert(out), core).is_err() {
-        // The sibling stopped while this waited on its full bounded queue: the body has been
-        // converted already, so it is counted as undelivered there rather than given back.
-        core.counters.undelivered.fetch_add(1, Ordering::AcqRel);
-    }
-    Ok(())
+    queue.push(convert(out), core).map_err(|(_, kind)| kind)
 }
 
 /// An edge out of the system, to a channel the user reads.
 pub(crate) struct OutputOutlet<O> {
     pub(crate) tx: Sender<O>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl<O: Send> Outlet<O> for OutputOutlet<O> {
+    /// On a full bounded channel, waits for room until the system's shutdown deadline passes:
+    /// an output nobody reads cannot hold a shutdown past its deadline.
     #[inline]
-    fn send(&self, out: O) -> Result<(), (O, ErrorKind)> {
-        self.tx.send(out).map_err(|e| (e.into_inner(), ErrorKind::Stopped))
+    fn send(&self, out: O) -> Result<(), ErrorKind> {
+        let mut out = match self.tx.try_send(out) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Disconnected(_)) => return Err(ErrorKind::Stopped),
+            Err(TrySendError::Full(out)) => out,
+        };
+        loop {
+            match self.tx.send_timeout(out, Duration::from_millis(10)) {
+                Ok(()) => return Ok(()),
+                Err(SendTimeoutError::Disconnected(_)) => return Err(ErrorKind::Stopped),
+                Err(SendTimeoutError::Timeout(back)) => {
+                    if self.shared.expired.load(Ordering::Acquire) {
+                        return Err(ErrorKind::DeadlinePassed);
+                    }
+                    out = back;
+                }
+            }
+        }
     }
 }
 
@@ -219,7 +235,7 @@ impl<O: Send + 'static> Context<O> {
                 }
                 Ok(())
             }
-            Err((_, kind)) => Err(Self::refused(sibling, kind, core, sent)),
+            Err(kind) => Err(Self::refused(sibling, kind, core, sent)),
         }
     }
 

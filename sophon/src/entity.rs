@@ -1,8 +1,9 @@
 //! Entities: running instances of backends, their counters, and the typed handles users hold.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use uuid::Uuid;
 
 use crate::backend::{Backend, BoxBackend};
 use crate::err::{Error, ErrorKind, SendError};
-use crate::system::Shared;
+use crate::shared::Shared;
 
 /// What travels on an entity's inbox: everything but the queries of its query edges.
 pub(crate) enum Envelope<I, O> {
@@ -68,9 +69,13 @@ impl EntityState {
 pub(crate) struct Counters {
     pub(crate) received: AtomicU64,
     pub(crate) handled: AtomicU64,
+    /// Queries and reads whose handler panicked: done, but not handled.
+    pub(crate) dropped: AtomicU64,
     pub(crate) sent: AtomicU64,
     pub(crate) errors: AtomicU64,
+    /// Panics of any handler, and of the backend's `Drop`.
     pub(crate) panics: AtomicU64,
+    pub(crate) restarts: AtomicU64,
     pub(crate) undelivered: AtomicU64,
     pub(crate) busy_ticks: AtomicU64,
     pub(crate) max_ticks: AtomicU64,
@@ -86,9 +91,16 @@ pub(crate) struct Core {
     pub(crate) id: Uuid,
     pub(crate) name: Arc<str>,
     pub(crate) state: AtomicU8,
+    /// Set by the agent as the very last thing it does: its thread is about to end.
+    pub(crate) ended: AtomicBool,
     pub(crate) panic: Mutex<Option<String>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) counters: CachePadded<Counters>,
+}
+
+thread_local! {
+    /// The id of the entity whose agent runs on this thread, if any.
+    static CURRENT_AGENT: Cell<Option<Uuid>> = const { Cell::new(None) };
 }
 
 impl Core {
@@ -97,6 +109,7 @@ impl Core {
             id: Uuid::new_v4(),
             name,
             state: AtomicU8::new(RUNNING),
+            ended: AtomicBool::new(false),
             panic: Mutex::new(None),
             shared,
             counters: CachePadded::new(Counters::default()),
@@ -117,7 +130,18 @@ impl Core {
         self.state.store(v, Ordering::Release);
     }
 
-    pub(crate) fn stats(&self) -> Stats {
+    /// Marks this thread as the one running this entity's agent.
+    pub(crate) fn enter(&self) {
+        CURRENT_AGENT.with(|current| current.set(Some(self.id)));
+    }
+
+    /// Whether this thread runs this entity's agent: a wait on the entity from here would never
+    /// end.
+    pub(crate) fn is_current(&self) -> bool {
+        CURRENT_AGENT.with(|current| current.get() == Some(self.id))
+    }
+
+    fn stats(&self, queued: usize) -> Stats {
         let c = &self.counters;
         let clock = &self.shared.clock;
         Stats {
@@ -126,7 +150,9 @@ impl Core {
             sent: c.sent.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
             panics: c.panics.load(Ordering::Relaxed),
+            restarts: c.restarts.load(Ordering::Relaxed),
             undelivered: c.undelivered.load(Ordering::Relaxed),
+            queued: queued as u64,
             busy: Duration::from_nanos(clock.delta_as_nanos(0, c.busy_ticks.load(Ordering::Relaxed))),
             max: Duration::from_nanos(clock.delta_as_nanos(0, c.max_ticks.load(Ordering::Relaxed))),
         }
@@ -141,17 +167,27 @@ impl Core {
 pub struct Stats {
     /// Queries and reads the agent took from its queues.
     pub received: u64,
-    /// Queries and reads whose handler returned, with `Ok` or `Err`.
+    /// Queries and reads whose handler returned, with `Ok` or `Err`. A query or read whose
+    /// handler panicked is received but not handled: `received - handled` of them have
+    /// panicked (or are being handled now).
     pub handled: u64,
-    /// Messages the backend sent to siblings and outputs.
+    /// Messages the backend sent to siblings and outputs (a send a sibling refused is not
+    /// counted: it is an error of the handler that sent it).
     pub sent: u64,
     /// Handlers (of any kind) that returned `Err`.
     pub errors: u64,
-    /// Handlers that panicked (at most one: a panic ends the entity).
+    /// Handlers (of any kind) that panicked, and panics of the backend's `Drop`. Without a
+    /// restart policy the first panic of a handler ends the entity.
     pub panics: u64,
+    /// Times the entity's backend was rebuilt after a panic (see [`Restart`](crate::Restart)).
+    pub restarts: u64,
     /// Messages queued for this entity that it never handled because it stopped, failed or the
     /// shutdown deadline passed. They are counted here, never silently dropped.
     pub undelivered: u64,
+    /// Messages waiting in the entity's queues now (in a shutdown report: 0, since what is left
+    /// is counted as undelivered). A bounded entity holds at most its capacity in each of its
+    /// two queues.
+    pub queued: u64,
     /// Total time spent handling queries and reads.
     pub busy: Duration,
     /// The longest time one query or read took.
@@ -171,8 +207,11 @@ impl<T> Clone for Queue<T> {
 }
 
 impl<T> Queue<T> {
-    /// Enqueues without any check; on a full bounded queue, waits until there is room or the
-    /// entity (`core`) stops taking messages.
+    /// Enqueues without any check; on a full bounded queue, waits until there is room.
+    ///
+    /// The wait ends with an error when the entity (`core`) stops taking messages, when the
+    /// system's shutdown deadline passes, or at once when this thread is the entity's own
+    /// agent, which would be waiting for itself.
     #[inline]
     pub(crate) fn push(&self, msg: T, core: &Core) -> Result<(), (T, ErrorKind)> {
         if !self.bounded {
@@ -180,18 +219,38 @@ impl<T> Queue<T> {
             return self.tx.send(msg).map_err(|e| (e.into_inner(), ErrorKind::Stopped));
         }
         // Room in the queue is the common case: no clock read for the timeout then.
-        let mut msg = match self.tx.try_send(msg) {
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(e) => wait_for_room(&self.tx, e.into_inner(), core),
+        }
+    }
+}
+
+impl<T> Queue<T> {
+    /// Enqueues unless the queue is full; gives the message up if it is.
+    pub(crate) fn try_push(&self, msg: T) -> bool {
+        // The port holds a receiver, so the channel cannot be disconnected.
+        self.tx.try_send(msg).is_ok()
+    }
+}
+
+/// Sends `msg` into `tx`, a full bounded queue of `core`'s entity, once there is room: see
+/// [`Queue::push`].
+#[cold]
+fn wait_for_room<T>(tx: &Sender<T>, mut msg: T, core: &Core) -> Result<(), (T, ErrorKind)> {
+    if core.is_current() {
+        return Err((msg, ErrorKind::WouldDeadlock));
+    }
+    loop {
+        match tx.send_timeout(msg, Duration::from_millis(10)) {
             Ok(()) => return Ok(()),
-            Err(e) => e.into_inner(),
-        };
-        loop {
-            match self.tx.send_timeout(msg, Duration::from_millis(10)) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    msg = e.into_inner();
-                    if let Some(kind) = core.state().refusal() {
-                        return Err((msg, kind));
-                    }
+            Err(e) => {
+                msg = e.into_inner();
+                if let Some(kind) = core.state().refusal() {
+                    return Err((msg, kind));
+                }
+                if core.shared.expired.load(Ordering::Acquire) {
+                    return Err((msg, ErrorKind::DeadlinePassed));
                 }
             }
         }
@@ -231,6 +290,11 @@ impl<I, O> Port<I, O> {
         Port { core, queries, inbox, queries_rx, inbox_rx }
     }
 
+    /// The entity's counters, with what is queued now.
+    pub(crate) fn stats(&self) -> Stats {
+        self.core.stats(self.queries_rx.len() + self.inbox_rx.len())
+    }
+
     /// Puts an envelope in the inbox without any check (see [`Queue::push`]).
     pub(crate) fn enqueue(&self, env: Envelope<I, O>) -> Result<(), (Envelope<I, O>, ErrorKind)> {
         self.inbox.push(env, &self.core)
@@ -258,8 +322,10 @@ impl<I, O> Port<I, O> {
 /// What the system needs of a port without knowing its types.
 pub(crate) trait ErasedPort: Send + Sync {
     fn core(&self) -> &Core;
+    fn stats(&self) -> Stats;
     fn drain(&self) -> u64;
-    fn send_nop(&self);
+    /// Sends `Nop` unless the entity has stopped or failed; false if its inbox is full.
+    fn try_stop(&self) -> bool;
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
@@ -268,12 +334,16 @@ impl<I: Send + 'static, O: Send + 'static> ErasedPort for Port<I, O> {
         &self.core
     }
 
+    fn stats(&self) -> Stats {
+        Port::stats(self)
+    }
+
     fn drain(&self) -> u64 {
         Port::drain(self)
     }
 
-    fn send_nop(&self) {
-        let _ = self.enqueue(Envelope::Nop);
+    fn try_stop(&self) -> bool {
+        self.core.state() != EntityState::Running || self.inbox.try_push(Envelope::Nop)
     }
 
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
@@ -390,7 +460,7 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
 
     /// The entity's counters now.
     pub fn stats(&self) -> Result<Stats, Error> {
-        Ok(self.port()?.core.stats())
+        Ok(self.port()?.stats())
     }
 
     /// Swaps the entity's backend for `backend` and hands the old one back.
@@ -398,7 +468,9 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     /// The swap takes its place in the entity's queue: every message queued before it is handled
     /// by the old backend, every one after by the new, none is lost or handled twice, and the old
     /// backend is never dropped in the middle of a message. This waits until the agent reaches
-    /// the swap. If the entity stops or fails first, the new backend is given back in the error.
+    /// the swap. If the entity stops or fails first, the new backend is given back in the error;
+    /// so it is when a handler of the entity itself asks ([`ErrorKind::WouldDeadlock`]), since
+    /// its agent cannot reach the swap before the handler returns.
     ///
     /// # Examples
     ///
@@ -439,6 +511,9 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
         let Some(port) = self.port.upgrade() else {
             return Err(SendError::new(ErrorKind::SystemGone, self.core.name.clone(), backend));
         };
+        if self.core.is_current() {
+            return Err(SendError::new(ErrorKind::WouldDeadlock, self.core.name.clone(), backend));
+        }
         if let Some(kind) = port.core.state().refusal() {
             return Err(SendError::new(kind, self.core.name.clone(), backend));
         }

@@ -22,6 +22,12 @@ pub enum ErrorKind {
     Failed,
     /// The entity has no sibling of that name.
     UnknownSibling,
+    /// A handler tried to wait on its own entity: to send into its own full bounded queue, or
+    /// to swap its own backend. The agent would wait for itself forever, so it is refused.
+    WouldDeadlock,
+    /// The system's shutdown deadline passed while the send waited for room in a full bounded
+    /// queue or output.
+    DeadlinePassed,
 }
 
 impl ErrorKind {
@@ -31,6 +37,8 @@ impl ErrorKind {
             ErrorKind::Stopped => "it has stopped",
             ErrorKind::Failed => "it has failed",
             ErrorKind::UnknownSibling => "there is no sibling of that name",
+            ErrorKind::WouldDeadlock => "it is the entity running this handler, which would wait on itself forever",
+            ErrorKind::DeadlinePassed => "the shutdown deadline passed while waiting for room in its queue",
         }
     }
 }
@@ -197,6 +205,7 @@ impl StdError for BuildError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         self.problems.iter().find_map(|p| match p {
             BuildProblem::Spawn(e) => Some(e as &(dyn StdError + 'static)),
+            BuildProblem::Factory { error, .. } => Some(&**error as &(dyn StdError + 'static)),
             _ => None,
         })
     }
@@ -225,8 +234,41 @@ pub enum BuildProblem {
         /// The entities on the cycle, in order; the edge from the last goes back to the first.
         cycle: Vec<String>,
     },
+    /// An entity was given a queue capacity of 0; a bounded queue holds at least one message.
+    ZeroCapacity {
+        /// The entity.
+        name: String,
+    },
+    /// Edges form a loop whose entities all have bounded queues: each could wait for room in
+    /// the next one's full queue forever.
+    BoundedLoop {
+        /// The entities on the loop, in order; the edge from the last goes back to the first.
+        cycle: Vec<String>,
+    },
+    /// An entity was given a restart policy but no factory to rebuild its backend with.
+    RestartWithoutFactory {
+        /// The entity.
+        name: String,
+    },
+    /// An entity's factory could not build its first backend.
+    Factory {
+        /// The entity.
+        name: String,
+        /// What the factory returned.
+        error: BoxError,
+    },
     /// The operating system refused to start an agent's thread.
     Spawn(std::io::Error),
+}
+
+/// `a -> b -> a`, for a cycle given as `[a, b]`.
+fn cycle_path(cycle: &[String]) -> String {
+    let mut path = cycle.join(" -> ");
+    if let Some(first) = cycle.first() {
+        path.push_str(" -> ");
+        path.push_str(first);
+    }
+    path
 }
 
 impl fmt::Display for BuildProblem {
@@ -241,17 +283,28 @@ impl fmt::Display for BuildProblem {
             BuildProblem::ForeignNode => {
                 f.write_str("a node from another builder was used; use the nodes this builder returned")
             }
-            BuildProblem::QueryCycle { cycle } => {
-                let mut path = cycle.join(" -> ");
-                if let Some(first) = cycle.first() {
-                    path.push_str(" -> ");
-                    path.push_str(first);
-                }
-                write!(
-                    f,
-                    "query edges `{path}` form a cycle; make one of them a read edge, \
-                     or declare it with `loop_edge` if the loop is intended"
-                )
+            BuildProblem::QueryCycle { cycle } => write!(
+                f,
+                "query edges `{}` form a cycle; make one of them a read edge, \
+                 or declare it with `loop_edge` if the loop is intended",
+                cycle_path(cycle)
+            ),
+            BuildProblem::ZeroCapacity { name } => {
+                write!(f, "entity `{name}` has a bounded queue of capacity 0; give it a capacity of at least 1")
+            }
+            BuildProblem::BoundedLoop { cycle } => write!(
+                f,
+                "edges `{}` form a loop whose queues are all bounded, which can deadlock; \
+                 leave one of its entities unbounded",
+                cycle_path(cycle)
+            ),
+            BuildProblem::RestartWithoutFactory { name } => write!(
+                f,
+                "entity `{name}` has a restart policy but no factory to rebuild its backend; \
+                 add it with `SystemBuilder::supervised`"
+            ),
+            BuildProblem::Factory { name, error } => {
+                write!(f, "entity `{name}`'s factory could not build its backend: {error}")
             }
             BuildProblem::Spawn(e) => write!(f, "cannot start an agent thread: {e}"),
         }

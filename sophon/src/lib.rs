@@ -78,6 +78,8 @@ mod context;
 mod entity;
 mod err;
 mod message;
+mod restart;
+mod shared;
 mod system;
 
 #[doc(hidden)]
@@ -90,7 +92,9 @@ pub use crate::context::{Context, EdgeKind, Sibling, TimerId};
 pub use crate::entity::{EntityState, Handle, Stats};
 pub use crate::err::{BoxError, BuildError, BuildProblem, Error, ErrorKind, SendError};
 pub use crate::message::{HandlerKind, Message};
-pub use crate::system::{DEFAULT_SHUTDOWN_DEADLINE, EntityReport, Failure, Report, System};
+pub use crate::restart::{FactoryOutput, Restart};
+pub use crate::shared::{Failure, PanicError};
+pub use crate::system::{DEFAULT_SHUTDOWN_DEADLINE, EntityReport, Report, SHUTDOWN_GRACE, System};
 #[doc(inline)]
 pub use sophon_macros::{agent_system, backend};
 

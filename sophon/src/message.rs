@@ -48,6 +48,9 @@ impl<T> Message<T> {
 }
 
 /// Which handler of a backend was running: used when reporting an error or a panic.
+///
+/// Besides the five handlers, a failure can come from dropping a backend (`Drop`) or from
+/// restarting an entity (`Restart`: its factory failed, or the restart policy gave up).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum HandlerKind {
@@ -61,6 +64,11 @@ pub enum HandlerKind {
     Start,
     /// [`Backend::timer`](crate::Backend::timer).
     Timer,
+    /// The backend's `Drop`: when its entity ends, restarts, or is given up on.
+    Drop,
+    /// A restart: the entity's factory failed or panicked, or the restart policy's limit was
+    /// reached.
+    Restart,
 }
 
 impl fmt::Display for HandlerKind {
@@ -71,6 +79,8 @@ impl fmt::Display for HandlerKind {
             HandlerKind::Nop => "nop",
             HandlerKind::Start => "start",
             HandlerKind::Timer => "timer",
+            HandlerKind::Drop => "drop",
+            HandlerKind::Restart => "restart",
         })
     }
 }

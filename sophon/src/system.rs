@@ -1,110 +1,67 @@
-//! A running system: its agents, graceful shutdown and the report it ends with.
+//! A running system: its agents, graceful shutdown in graph order, and the report it ends with.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use uuid::Uuid;
 
 use crate::builder::Node;
 use crate::entity::{EntityState, ErasedPort, Handle, Port, Stats};
-use crate::message::HandlerKind;
+use crate::shared::{Failure, Shared};
 
 /// How long [`System::join`] and dropping a [`System`] wait for the system to go idle before
 /// reporting what is still queued as undelivered.
 pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
-/// How many failures are kept for [`System::failures`] and the report before later ones are only
-/// counted.
-const FAILURES_KEPT: usize = 1024;
+/// How much longer than its deadline [`System::shutdown`] may take at most, whatever the
+/// backends do: time to stop in graph order when the deadline is very short, then time for
+/// agents still running to end before they are given up on.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
 
-/// State shared by every agent of one system and its owner.
-pub(crate) struct Shared {
-    pub(crate) clock: quanta::Clock,
-    /// Queries and reads sent from outside the system (by handles).
-    pub(crate) external: AtomicU64,
-    /// Set when shutdown begins: timers and start hooks no longer run.
-    pub(crate) stopping: AtomicBool,
-    /// Set once every agent has ended: sends from outside are refused.
-    pub(crate) closed: AtomicBool,
-    signal: Mutex<Signal>,
-    changed: Condvar,
-    failures_tx: Sender<Failure>,
-    failures_rx: Receiver<Failure>,
-    failures_dropped: AtomicU64,
+/// The least time stopping in graph order gets, even past the deadline (part of
+/// [`SHUTDOWN_GRACE`]).
+const ORDER_GRACE: Duration = Duration::from_millis(50);
+
+/// How long agents still running past the deadline get to end after their `Nop` (part of
+/// [`SHUTDOWN_GRACE`]).
+const STRAGGLER_GRACE: Duration = Duration::from_millis(100);
+
+/// How long the last pass waits for a send from a handle that was under way as the system
+/// closed (part of [`SHUTDOWN_GRACE`]).
+const CLOSE_GRACE: Duration = Duration::from_millis(50);
+
+/// Entities that stop together: one strongly connected component of the graph (a single entity,
+/// or the entities of a loop).
+struct StopGroup {
+    members: Vec<usize>,
+    /// The groups with an edge into this one: each must have ended before this one stops.
+    upstream: Vec<usize>,
 }
 
-struct Signal {
-    stop_requested: bool,
-    live_agents: usize,
-}
-
-impl Shared {
-    pub(crate) fn new() -> Self {
-        let (failures_tx, failures_rx) = crossbeam_channel::bounded(FAILURES_KEPT);
-        Shared {
-            clock: quanta::Clock::new(),
-            external: AtomicU64::new(0),
-            stopping: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            signal: Mutex::new(Signal { stop_requested: false, live_agents: 0 }),
-            changed: Condvar::new(),
-            failures_tx,
-            failures_rx,
-            failures_dropped: AtomicU64::new(0),
+/// Groups the entities for shutdown: each component of the graph, with the components feeding
+/// it.
+fn stop_groups(entities: usize, edges: &[(usize, usize)]) -> Vec<StopGroup> {
+    let components = sophon_graph::components(entities, edges);
+    let mut group_of = vec![0; entities];
+    for (g, members) in components.iter().enumerate() {
+        for &m in members {
+            group_of[m] = g;
         }
     }
-
-    fn signal(&self) -> std::sync::MutexGuard<'_, Signal> {
-        self.signal.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn request_stop(&self) {
-        self.signal().stop_requested = true;
-        self.changed.notify_all();
-    }
-
-    pub(crate) fn agents_started(&self, n: usize) {
-        self.signal().live_agents += n;
-    }
-
-    pub(crate) fn agent_ended(&self) {
-        self.signal().live_agents -= 1;
-        self.changed.notify_all();
-    }
-
-    pub(crate) fn report(&self, failure: Failure) {
-        if self.failures_tx.try_send(failure).is_err() {
-            self.failures_dropped.fetch_add(1, Ordering::Relaxed);
+    let mut groups: Vec<StopGroup> =
+        components.into_iter().map(|members| StopGroup { members, upstream: Vec::new() }).collect();
+    for &(from, to) in edges {
+        let (from, to) = (group_of[from], group_of[to]);
+        if from != to && !groups[to].upstream.contains(&from) {
+            groups[to].upstream.push(from);
         }
     }
-}
-
-/// A handler that returned `Err` or panicked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Failure {
-    /// The entity whose handler failed.
-    pub entity: String,
-    /// Its id.
-    pub id: Uuid,
-    /// Which handler failed.
-    pub kind: HandlerKind,
-    /// The error's or the panic's message.
-    pub error: String,
-    /// Whether the handler panicked (the entity is then failed) rather than returned `Err`.
-    pub panicked: bool,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verb = if self.panicked { "panicked" } else { "failed" };
-        write!(f, "`{}` {verb} in its {} handler: {}", self.entity, self.kind, self.error)
-    }
+    groups
 }
 
 /// What one entity did, as reported at shutdown.
@@ -115,16 +72,20 @@ pub struct EntityReport {
     pub name: String,
     /// Its id.
     pub id: Uuid,
-    /// How it ended: stopped, or failed if its backend panicked.
+    /// How it ended: stopped, or failed if its backend panicked (and was not restarted).
     pub state: EntityState,
     /// Its counters at the end.
     pub stats: Stats,
-    /// The panic's message, if its backend panicked.
+    /// The last panic's message, if its backend panicked.
     pub panic: Option<String>,
+    /// Whether its agent's thread ended and was joined. An agent still running past the
+    /// deadline (blocked in a terminal read, say) is given up on: its thread is detached and
+    /// what was queued for it is counted as undelivered.
+    pub joined: bool,
 }
 
 /// What a system did, returned by [`System::shutdown`] and [`System::join`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Report {
     /// One report per entity, in the order the entities were added.
@@ -133,7 +94,7 @@ pub struct Report {
     pub failures: Vec<Failure>,
     /// Failures that were counted but not kept, because more than 1,024 were left unread.
     pub failures_dropped: u64,
-    /// Whether the deadline passed before the system went idle.
+    /// Whether the deadline passed before the system went idle, or before every agent ended.
     pub timed_out: bool,
 }
 
@@ -148,11 +109,20 @@ impl Report {
         self.entities.iter().map(|e| e.stats.undelivered).sum()
     }
 
-    /// Whether nothing went wrong: no errors, no panics, nothing undelivered, no timeout.
+    /// The entities whose agents had not ended by the deadline and were given up on.
+    pub fn not_joined(&self) -> impl Iterator<Item = &str> {
+        self.entities.iter().filter(|e| !e.joined).map(|e| e.name.as_str())
+    }
+
+    /// Whether nothing went wrong: no errors, no panics, nothing undelivered, no timeout, every
+    /// agent joined.
     pub fn is_clean(&self) -> bool {
         !self.timed_out
             && self.failures_dropped == 0
-            && self.entities.iter().all(|e| e.stats.errors == 0 && e.stats.panics == 0 && e.stats.undelivered == 0)
+            && self
+                .entities
+                .iter()
+                .all(|e| e.joined && e.stats.errors == 0 && e.stats.panics == 0 && e.stats.undelivered == 0)
     }
 }
 
@@ -160,17 +130,21 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for e in &self.entities {
             let s = &e.stats;
-            writeln!(
+            write!(
                 f,
-                "{}: {:?}, handled {}, sent {}, errors {}, panics {}, undelivered {}, busy {:?}, max {:?}",
-                e.name, e.state, s.handled, s.sent, s.errors, s.panics, s.undelivered, s.busy, s.max
+                "{}: {:?}, handled {}, sent {}, errors {}, panics {}, restarts {}, undelivered {}, busy {:?}, max {:?}",
+                e.name, e.state, s.handled, s.sent, s.errors, s.panics, s.restarts, s.undelivered, s.busy, s.max
             )?;
+            if !e.joined {
+                f.write_str(", not joined")?;
+            }
+            writeln!(f)?;
         }
         for failure in &self.failures {
             writeln!(f, "{failure}")?;
         }
         if self.timed_out {
-            writeln!(f, "the shutdown deadline passed before the system went idle")?;
+            writeln!(f, "the shutdown deadline passed before the system went idle and every agent ended")?;
         }
         Ok(())
     }
@@ -178,14 +152,16 @@ impl fmt::Display for Report {
 
 /// A running system of agents, made by [`SystemBuilder::spawn`](crate::SystemBuilder::spawn).
 ///
-/// It owns the agents' threads. [`shutdown`](System::shutdown) stops it gracefully and returns a
-/// [`Report`]; dropping it does the same with [`DEFAULT_SHUTDOWN_DEADLINE`], so no agent thread
-/// outlives it.
+/// It owns the agents' threads. [`shutdown`](System::shutdown) stops it gracefully, in graph
+/// order, and returns a [`Report`]; dropping it does the same with
+/// [`DEFAULT_SHUTDOWN_DEADLINE`].
 pub struct System {
     builder: u64,
     ports: Vec<Arc<dyn ErasedPort>>,
     names: HashMap<Arc<str>, usize>,
-    threads: Vec<JoinHandle<()>>,
+    groups: Vec<StopGroup>,
+    /// Each entity's thread; `None` once joined or given up on, or if it never started.
+    threads: Vec<Option<JoinHandle<()>>>,
     shared: Arc<Shared>,
     closed: bool,
 }
@@ -201,10 +177,12 @@ impl System {
         builder: u64,
         ports: Vec<Arc<dyn ErasedPort>>,
         names: HashMap<Arc<str>, usize>,
-        threads: Vec<JoinHandle<()>>,
+        edges: &[(usize, usize)],
+        threads: Vec<Option<JoinHandle<()>>>,
         shared: Arc<Shared>,
     ) -> Self {
-        System { builder, ports, names, threads, shared, closed: false }
+        let groups = stop_groups(ports.len(), edges);
+        System { builder, ports, names, groups, threads, shared, closed: false }
     }
 
     /// A typed handle to the entity that `node` names.
@@ -253,19 +231,7 @@ impl System {
     /// Waits until a backend asks the system to stop or every agent has ended; `None` waits
     /// without limit. Returns whether that happened (rather than the timeout).
     pub fn wait_for_stop(&self, timeout: Option<Duration>) -> bool {
-        let done = |s: &mut Signal| !(s.stop_requested || s.live_agents == 0);
-        let guard = self.shared.signal();
-        match timeout {
-            None => {
-                let _guard = self.shared.changed.wait_while(guard, done).unwrap_or_else(|e| e.into_inner());
-                true
-            }
-            Some(t) => {
-                let (_guard, result) =
-                    self.shared.changed.wait_timeout_while(guard, t, done).unwrap_or_else(|e| e.into_inner());
-                !result.timed_out()
-            }
-        }
+        self.shared.wait_while(timeout, |s| !(s.stop_requested || s.live_agents == 0))
     }
 
     /// Waits until a stop is requested (or every agent has ended), then shuts down with
@@ -277,84 +243,231 @@ impl System {
 
     /// Shuts the system down gracefully and reports what every entity did.
     ///
-    /// Timers and start hooks stop running. Then it waits until no message is queued or being
-    /// handled anywhere, sends `Nop` to every agent (each backend cleans up) and joins the
-    /// threads: nothing in flight is lost. If the system has not gone idle by `deadline` (an
-    /// agent may be waiting on a terminal), what is still queued is taken out and reported as
-    /// undelivered, and the report says it timed out. A handler that is running is never
-    /// interrupted: the threads are joined after it returns.
+    /// 1. Timers and start hooks stop running, and it waits until no message is queued or being
+    ///    handled anywhere.
+    /// 2. It stops the entities **in graph order**: an entity gets its `Nop` only once every
+    ///    entity with an edge into it has run its own `nop` and ended, so what a `nop` sends (a
+    ///    batcher's last batch, a writer's flush) is delivered and handled. The entities of a
+    ///    loop stop together, once everything upstream of the loop has ended.
+    /// 3. It joins every agent's thread.
+    ///
+    /// Nothing in flight is lost: what a stopping entity is sent is handled before its own
+    /// `Nop`. If the system has not gone idle by `deadline` (an agent may be waiting on a
+    /// terminal), what is still queued is taken out and reported as undelivered, every agent
+    /// still running is sent its `Nop` at once, and the report says it timed out. A handler that
+    /// is running is never interrupted; an agent that has not ended shortly after the deadline
+    /// is given up on: its thread is detached, the report names it
+    /// ([`Report::not_joined`]), and what is queued for it counts as undelivered.
+    ///
+    /// It returns within `deadline` plus [`SHUTDOWN_GRACE`] (200 ms), whatever the backends
+    /// do. Sends that wait for room in a full bounded queue or output give up once the deadline
+    /// passes ([`ErrorKind::DeadlinePassed`](crate::ErrorKind::DeadlinePassed)).
+    ///
+    /// # Examples
+    ///
+    /// A batcher that flushes in its `nop`: the flush reaches the sink, since the sink stops
+    /// only after the batcher has ended.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sophon::{Backend, BoxError, Context, SystemBuilder};
+    ///
+    /// /// Sends numbers on in batches of 10, and what is left when it stops.
+    /// struct Batcher(Vec<u32>);
+    /// impl Backend for Batcher {
+    ///     type Input = u32;
+    ///     type Output = Vec<u32>;
+    ///     fn query(&mut self, n: u32, ctx: &mut Context<Vec<u32>>) -> Result<(), BoxError> {
+    ///         self.0.push(n);
+    ///         if self.0.len() == 10 {
+    ///             ctx.send(std::mem::take(&mut self.0))?;
+    ///         }
+    ///         Ok(())
+    ///     }
+    ///     fn nop(&mut self, ctx: &mut Context<Vec<u32>>) -> Result<(), BoxError> {
+    ///         Ok(ctx.send(std::mem::take(&mut self.0))?)
+    ///     }
+    /// }
+    ///
+    /// /// Counts what it gets.
+    /// struct Sink;
+    /// impl Backend for Sink {
+    ///     type Input = Vec<u32>;
+    ///     type Output = usize;
+    ///     fn query(&mut self, batch: Vec<u32>, ctx: &mut Context<usize>) -> Result<(), BoxError> {
+    ///         Ok(ctx.send(batch.len())?)
+    ///     }
+    /// }
+    ///
+    /// let mut builder = SystemBuilder::new();
+    /// let batcher = builder.entity("batcher", Batcher(Vec::new()));
+    /// let sink = builder.entity("sink", Sink);
+    /// builder.query_edge(&batcher, &sink);
+    /// let counts = builder.output(&sink, "counts");
+    /// let system = builder.spawn()?;
+    /// for n in 0..25 {
+    ///     system.handle(&batcher).query(n)?;
+    /// }
+    /// let report = system.shutdown(Duration::from_secs(5));
+    /// assert!(report.is_clean(), "{report}");
+    /// assert_eq!(counts.try_iter().collect::<Vec<_>>(), [10, 10, 5]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(mut self, deadline: Duration) -> Report {
         self.close(deadline)
     }
 
     fn close(&mut self, deadline: Duration) -> Report {
         self.closed = true;
-        let until = Instant::now() + deadline;
+        let now = Instant::now();
+        // A deadline too far to represent is no deadline: a year stands in for it.
+        let until = now.checked_add(deadline).unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
         self.shared.stopping.store(true, Ordering::SeqCst);
+
+        let mut timed_out = !self.wait_until_idle(until);
+        if timed_out {
+            self.expire();
+        }
+        let mut stopped = vec![false; self.ports.len()];
+        let ended = self.stop_in_order(&mut stopped, until, until.max(Instant::now() + ORDER_GRACE));
+        if !ended {
+            timed_out = true;
+            self.expire();
+            self.stop_stragglers(&mut stopped, Instant::now() + STRAGGLER_GRACE);
+        }
+        let mut joined = vec![true; self.ports.len()];
+        for ((port, thread), joined) in self.ports.iter().zip(&mut self.threads).zip(&mut joined) {
+            let Some(thread) = thread.take() else { continue };
+            if port.core().ended.load(Ordering::Acquire) {
+                // It has signed off: only the thread's own exit is left to wait for.
+                let _ = thread.join();
+            } else {
+                // Given up on: the thread is detached, and the report says so.
+                *joined = false;
+                port.drain();
+            }
+        }
+        let given_up = joined.contains(&false);
+        // A handle on another thread may be sending right now: its message is counted as sent
+        // before it looks at `closed` (see `Handle::send_external`). Drain until every message
+        // counted is accounted for, so that the last drain sees it. A send into a full bounded
+        // queue gives up within 10 ms once its entity has stopped, and every entity has. An
+        // agent given up on may hold a message forever: one pass then.
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let give_up = Instant::now() + CLOSE_GRACE;
+        loop {
+            for port in &self.ports {
+                port.drain();
+            }
+            if given_up || self.quiescent() || Instant::now() >= give_up {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        self.report(timed_out, &joined)
+    }
+
+    /// Waits until nothing is queued or being handled anywhere; returns false if `until` came
+    /// first. Entities that stopped or failed meanwhile have their queues counted undelivered.
+    fn wait_until_idle(&self, until: Instant) -> bool {
         let mut pause = Duration::from_micros(20);
-        let timed_out = loop {
+        loop {
             for port in &self.ports {
                 if port.core().state() != EntityState::Running {
                     port.drain();
                 }
             }
             if self.quiescent() {
-                break false;
+                return true;
             }
-            if Instant::now() >= until {
-                break true;
+            let now = Instant::now();
+            if now >= until {
+                return false;
             }
-            std::thread::sleep(pause);
+            std::thread::sleep(pause.min(until - now));
             pause = (pause * 2).min(Duration::from_millis(2));
-        };
-        if timed_out {
-            for port in &self.ports {
-                port.drain();
-            }
         }
+    }
+
+    /// Past the deadline: sends that wait for room give up, and what is queued is undelivered.
+    fn expire(&self) {
+        self.shared.expired.store(true, Ordering::SeqCst);
         for port in &self.ports {
-            if port.core().state() == EntityState::Running {
-                port.send_nop();
-            }
+            port.drain();
         }
-        for thread in self.threads.drain(..) {
-            // The agent's own code catches every panic of the backend's.
-            let _ = thread.join();
-        }
-        // A handle on another thread may be sending right now: its message is counted as sent
-        // before it looks at `closed` (see `Port::send_external`). Drain until every message
-        // counted is accounted for, so that the last drain sees it. A send into a full bounded
-        // queue gives up within 10 ms once its entity has stopped, and every entity has; the
-        // limit only guards against a miscount turning into a hang.
-        self.shared.closed.store(true, Ordering::SeqCst);
-        let give_up = Instant::now() + Duration::from_secs(1);
+    }
+
+    /// Stops the entities group by group, each once the groups upstream of it have ended (see
+    /// [`shutdown`](Self::shutdown)). Returns whether every agent ended by `stop_by`; once
+    /// `deadline` passes, waits for room give up.
+    fn stop_in_order(&self, stopped: &mut [bool], deadline: Instant, stop_by: Instant) -> bool {
+        let ended = |m: &usize| self.ports[*m].core().ended.load(Ordering::Acquire);
         loop {
-            for port in &self.ports {
-                port.drain();
+            let live = self.shared.signal().live_agents;
+            let mut pending = false;
+            for group in &self.groups {
+                if group.upstream.iter().all(|&u| self.groups[u].members.iter().all(ended)) {
+                    for &m in &group.members {
+                        // A `Nop` that finds a full bounded inbox is tried again on the next pass.
+                        stopped[m] = stopped[m] || self.ports[m].try_stop();
+                        pending |= !stopped[m];
+                    }
+                }
             }
-            if self.quiescent() || Instant::now() >= give_up {
-                break;
+            if self.ports.iter().all(|p| p.core().ended.load(Ordering::Acquire)) {
+                return true;
             }
-            std::thread::yield_now();
+            let now = Instant::now();
+            if now >= deadline {
+                self.shared.expired.store(true, Ordering::SeqCst);
+            }
+            if now >= stop_by {
+                return false;
+            }
+            let mut wait = stop_by - now;
+            if pending {
+                wait = wait.min(Duration::from_millis(1));
+            }
+            if now < deadline {
+                wait = wait.min(deadline - now);
+            }
+            self.shared.wait_while(Some(wait), |s| s.live_agents == live);
         }
-        self.report(timed_out)
+    }
+
+    /// Sends `Nop` to every agent still running, at once, and waits until `by` for them to end.
+    fn stop_stragglers(&self, stopped: &mut [bool], by: Instant) {
+        loop {
+            let live = self.shared.signal().live_agents;
+            let mut pending = false;
+            for (port, stopped) in self.ports.iter().zip(&mut *stopped) {
+                *stopped = *stopped || port.try_stop();
+                pending |= !*stopped;
+            }
+            let now = Instant::now();
+            if live == 0 || now >= by {
+                return;
+            }
+            let wait = if pending { (by - now).min(Duration::from_millis(1)) } else { by - now };
+            self.shared.wait_while(Some(wait), |s| s.live_agents == live);
+        }
     }
 
     /// Whether no message is queued or being handled anywhere, and no start hook or timer
     /// handler is running.
     ///
     /// Every message is counted as sent (by its sender, before it is enqueued) and later as done
-    /// (handled, panicked on, or undelivered, by whoever finishes it). Reading every "done"
-    /// counter first and every "sent" counter after gives `done_read <= done(t) <= sent(t) <=
-    /// sent_read` for the moment `t` between the two passes; so equal sums mean nothing was in
-    /// flight at `t`. Once `stopping` is set, nothing inside the system can start new work after
-    /// such a moment.
+    /// (handled, dropped by a panicking handler, or undelivered, by whoever finishes it). Reading
+    /// every "done" counter first and every "sent" counter after gives `done_read <= done(t) <=
+    /// sent(t) <= sent_read` for the moment `t` between the two passes; so equal sums mean
+    /// nothing was in flight at `t`. Once `stopping` is set, nothing inside the system can start
+    /// new work after such a moment.
     fn quiescent(&self) -> bool {
         let mut done = 0u64;
         for port in &self.ports {
             let c = &port.core().counters;
             done += c.handled.load(Ordering::SeqCst)
-                + c.panics.load(Ordering::SeqCst)
+                + c.dropped.load(Ordering::SeqCst)
                 + c.undelivered.load(Ordering::SeqCst)
                 + c.outputs.load(Ordering::SeqCst)
                 + c.activations_done.load(Ordering::SeqCst);
@@ -367,18 +480,20 @@ impl System {
         done == sent
     }
 
-    fn report(&self, timed_out: bool) -> Report {
+    fn report(&self, timed_out: bool, joined: &[bool]) -> Report {
         let entities = self
             .ports
             .iter()
-            .map(|port| {
+            .zip(joined)
+            .map(|(port, &joined)| {
                 let core = port.core();
                 EntityReport {
                     name: core.name.to_string(),
                     id: core.id,
                     state: core.state(),
-                    stats: core.stats(),
+                    stats: port.stats(),
                     panic: core.panic.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                    joined,
                 }
             })
             .collect();

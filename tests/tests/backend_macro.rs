@@ -121,7 +121,7 @@ fn value_option_and_result_forms_send_what_they_return() {
     assert_eq!(parse_out.iter().take(2).collect::<Vec<_>>(), [12, -3]);
     let report = system.shutdown(DEADLINE);
     assert_eq!(report.entity("parse").unwrap().stats.errors, 1);
-    assert_eq!(report.failures[0].error, "invalid digit found in string");
+    assert_eq!(report.failures[0].message(), "invalid digit found in string");
     assert_eq!(report.entity("evens").unwrap().stats.sent, 3);
 }
 
@@ -140,8 +140,14 @@ fn read_keeps_state_and_nop_errors_are_reported() {
     assert_eq!(out.recv().unwrap(), 1);
     let report = system.shutdown(DEADLINE);
     assert!(out.try_recv().is_err(), "`None` sends nothing");
-    let errors: Vec<_> = report.failures.iter().map(|f| (f.kind, f.error.as_str())).collect();
-    assert_eq!(errors, [(sophon::HandlerKind::Query, "empty key"), (sophon::HandlerKind::Nop, "forgot 2 entries")]);
+    let errors: Vec<_> = report.failures.iter().map(|f| (f.kind, f.message())).collect();
+    assert_eq!(
+        errors,
+        [
+            (sophon::HandlerKind::Query, "empty key".to_string()),
+            (sophon::HandlerKind::Nop, "forgot 2 entries".to_string())
+        ]
+    );
 }
 
 #[test]

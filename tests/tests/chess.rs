@@ -172,9 +172,9 @@ fn a_killed_engine_process_is_an_error_and_the_agent_goes_on() {
         let failure = failures.recv_timeout(WAIT).unwrap();
         assert_eq!(failure.entity, "stockfish");
         assert!(
-            failure.error.starts_with("the engine `Stockfish") && failure.error.ends_with("` has died"),
+            failure.message().starts_with("the engine `Stockfish") && failure.message().ends_with("` has died"),
             "{}",
-            failure.error
+            failure.message()
         );
     }
     assert_eq!(engine.state().unwrap(), EntityState::Running);
@@ -223,11 +223,11 @@ fn a_misbehaving_engine_process_is_an_error_reply() {
     let failures = system.failures();
     system.handle(&liar).query(Position::start()).unwrap();
     assert_eq!(
-        failures.recv_timeout(WAIT).unwrap().error,
+        failures.recv_timeout(WAIT).unwrap().message(),
         "the engine answered something that is not UCI: `bestmove (none)`"
     );
     system.handle(&mute).query(Position::start()).unwrap();
-    assert_eq!(failures.recv_timeout(WAIT).unwrap().error, "the engine did not answer `bestmove` in time");
+    assert_eq!(failures.recv_timeout(WAIT).unwrap().message(), "the engine did not answer `bestmove` in time");
     let report = system.shutdown(WAIT);
     assert_eq!(report.entity("liar").unwrap().state, EntityState::Stopped);
     assert_eq!(report.entity("mute").unwrap().stats.errors, 1);

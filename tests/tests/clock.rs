@@ -39,11 +39,11 @@ fn a_query_answers_the_time_in_the_zone_and_format_asked() {
 
     system.handle(&node).query("Mars/Olympus_Mons".into()).unwrap();
     assert_eq!(
-        failures.recv_timeout(WAIT).unwrap().error,
+        failures.recv_timeout(WAIT).unwrap().message(),
         "unknown time zone `Mars/Olympus_Mons`; use an IANA name such as `Europe/Paris`"
     );
     system.handle(&node).query("soon".into()).unwrap();
-    assert!(failures.recv_timeout(WAIT).unwrap().error.starts_with("`soon` is neither a time zone nor a format"));
+    assert!(failures.recv_timeout(WAIT).unwrap().message().starts_with("`soon` is neither a time zone nor a format"));
     // The clock goes on.
     assert!(ask("unix").parse::<i64>().is_ok());
     let report = system.shutdown(WAIT);

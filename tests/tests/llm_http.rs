@@ -244,7 +244,7 @@ fn server_errors_until_the_retries_run_out_are_an_error_and_the_agent_goes_on() 
     let failure = h.failures.recv_timeout(WAIT).unwrap();
     assert_eq!(failure.entity, "model");
     assert!(!failure.panicked);
-    assert_eq!(failure.error, "the server answered 502 (still down) after 3 attempts");
+    assert_eq!(failure.message(), "the server answered 502 (still down) after 3 attempts");
     h.model.query("second".into()).unwrap();
     assert_eq!(h.replies.recv_timeout(WAIT).unwrap(), "back");
     let requests = server.requests();
@@ -264,7 +264,7 @@ fn a_refused_key_fails_at_once() {
     h.model.query("hi".into()).unwrap();
     let failure = h.failures.recv_timeout(WAIT).unwrap();
     assert_eq!(
-        failure.error,
+        failure.message(),
         "the server refused the API key (401: Incorrect API key provided); check `OPENAI_API_KEY`"
     );
     assert_eq!(server.requests().len(), 1, "a refused key is not retried");
@@ -281,7 +281,7 @@ fn malformed_json_is_an_error_and_the_agent_goes_on() {
     let mut errors = Vec::new();
     for _ in 0..2 {
         h.model.query("hi".into()).unwrap();
-        errors.push(h.failures.recv_timeout(WAIT).unwrap().error);
+        errors.push(h.failures.recv_timeout(WAIT).unwrap().message());
     }
     assert!(errors[0].starts_with("malformed reply from the server: not JSON"), "{}", errors[0]);
     assert_eq!(errors[1], "malformed reply from the server: no `choices[0].message.content`");
@@ -299,7 +299,7 @@ fn malformed_json_is_an_error_and_the_agent_goes_on() {
     let mut errors = Vec::new();
     for _ in 0..2 {
         h.model.query("hi".into()).unwrap();
-        errors.push(h.failures.recv_timeout(WAIT).unwrap().error);
+        errors.push(h.failures.recv_timeout(WAIT).unwrap().message());
     }
     assert!(errors[0].starts_with("malformed reply from the server: an event is not JSON"), "{}", errors[0]);
     assert_eq!(errors[1], "malformed reply from the server: the stream ended before the reply was finished");
@@ -314,8 +314,8 @@ fn connection_refused_is_an_error_after_the_retries() {
     h.model.query("anyone?".into()).unwrap();
     let failure = h.failures.recv_timeout(WAIT).unwrap();
     let expected = format!("cannot reach `{url}/chat/completions` (");
-    assert!(failure.error.starts_with(&expected), "{}", failure.error);
-    assert!(failure.error.ends_with(") after 2 attempts"), "{}", failure.error);
+    assert!(failure.message().starts_with(&expected), "{}", failure.error);
+    assert!(failure.message().ends_with(") after 2 attempts"), "{}", failure.error);
     h.model.query("still there?".into()).unwrap();
     assert!(h.failures.recv_timeout(WAIT).is_ok());
     let report = h.system.shutdown(WAIT);
@@ -338,8 +338,8 @@ fn a_server_that_never_answers_times_out() {
     h.model.query("hello?".into()).unwrap();
     let failure = h.failures.recv_timeout(WAIT).unwrap();
     assert!(asked.elapsed() >= Duration::from_millis(300));
-    assert!(failure.error.starts_with(&format!("cannot reach `{url}/chat/completions` (")), "{}", failure.error);
-    assert!(failure.error.contains("timeout") || failure.error.contains("timed out"), "{}", failure.error);
+    assert!(failure.message().starts_with(&format!("cannot reach `{url}/chat/completions` (")), "{}", failure.error);
+    assert!(failure.message().contains("timeout") || failure.message().contains("timed out"), "{}", failure.error);
     drop(done);
 }
 

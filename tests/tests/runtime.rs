@@ -285,7 +285,7 @@ fn a_panicking_backend_fails_alone_and_nothing_is_silently_dropped() {
     assert_eq!(fragile_r.stats.undelivered, 2, "3 and 4 were queued behind the panic");
     assert!(report.failures.iter().any(|f| f.panicked && f.entity == "fragile" && f.kind == HandlerKind::Query));
     let feeder_failure = report.failures.iter().find(|f| f.entity == "feeder").expect("the refused send is reported");
-    assert_eq!(feeder_failure.error, "cannot reach `fragile`: it has failed");
+    assert_eq!(feeder_failure.message(), "cannot reach `fragile`: it has failed");
     assert_eq!(report.entity("steady").unwrap().stats.handled, 6);
     assert_eq!(report.entity("steady").unwrap().state, EntityState::Stopped);
 }
@@ -625,7 +625,7 @@ fn send_to_routes_by_name() {
     assert_eq!(even_out.iter().take(2).collect::<Vec<_>>(), [0, 2]);
     assert_eq!(odd_out.iter().take(2).collect::<Vec<_>>(), [1, 3]);
     let report = system.shutdown(DEADLINE);
-    assert_eq!(report.failures[0].error, "cannot reach `nowhere`: there is no sibling of that name");
+    assert_eq!(report.failures[0].message(), "cannot reach `nowhere`: there is no sibling of that name");
 }
 
 #[test]

@@ -46,7 +46,7 @@ fn indexed_documents_are_found_and_ranked() {
 
     index.query("title:(unclosed".into()).unwrap();
     let failure = failures.recv_timeout(WAIT).unwrap();
-    assert!(failure.error.starts_with("malformed query: "), "{}", failure.error);
+    assert!(failure.message().starts_with("malformed query: "), "{}", failure.error);
     index.read("Late\nchannels arrive late".into()).unwrap();
     assert_eq!(ask(&index, &hits, "late").hits[0].title, "Late", "the index goes on");
     let report = system.shutdown(WAIT);

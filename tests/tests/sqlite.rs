@@ -51,12 +51,12 @@ fn a_bad_statement_is_an_error_and_the_store_goes_on() {
     store.query("SELEC name FROM people".into()).unwrap();
     let failure = failures.recv_timeout(WAIT).unwrap();
     assert_eq!((failure.entity.as_str(), failure.panicked), ("store", false));
-    assert!(failure.error.contains("syntax error"), "{}", failure.error);
+    assert!(failure.message().contains("syntax error"), "{}", failure.error);
     store.query("SELECT * FROM nobody".into()).unwrap();
-    assert!(failures.recv_timeout(WAIT).unwrap().error.contains("no such table: nobody"));
+    assert!(failures.recv_timeout(WAIT).unwrap().message().contains("no such table: nobody"));
     store.read(insert("Ada", 36)).unwrap();
     store.read(insert("Ada", 37)).unwrap();
-    assert!(failures.recv_timeout(WAIT).unwrap().error.contains("UNIQUE constraint failed"));
+    assert!(failures.recv_timeout(WAIT).unwrap().message().contains("UNIQUE constraint failed"));
     store.query("SELECT age FROM people".into()).unwrap();
     assert_eq!(rows.recv_timeout(WAIT).unwrap().rows, [vec![Value::Integer(36)]]);
     let report = system.shutdown(WAIT);
