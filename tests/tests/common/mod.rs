@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::time::{Duration, Instant};
 
 use sophon::{Backend, BoxError, Context};
 
@@ -62,5 +63,17 @@ impl std::io::Write for SharedBuf {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// How long a test waits for something that should happen at once before it fails.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Waits until `done` holds, failing the test past [`PATIENCE`].
+pub(crate) fn wait_until(mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting");
+        std::thread::yield_now();
     }
 }
