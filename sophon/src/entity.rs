@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::backend::{Backend, BoxBackend};
 use crate::err::{Error, ErrorKind, SendError};
-use crate::shared::Shared;
+use crate::shared::{CLOSING, OPEN, Shared};
 
 /// What travels on an entity's inbox: everything but the queries of its query edges.
 pub(crate) enum Envelope<I, O> {
@@ -421,17 +421,17 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     #[inline]
     fn send_external(&self, env: Envelope<I, O>) -> Result<(), (Envelope<I, O>, ErrorKind)> {
         let shared = &self.core.shared;
-        // Counted as sent before anything else, and taken back if refused. Shutdown sets `closed`
-        // once every agent has ended, then drains until every message counted as sent is
-        // accounted for (see `System::close`): either this send sees `closed` and is refused, or
-        // the shutdown sees it counted and waits until its message is drained. Counting first
-        // also means it can never be seen handled before it is seen sent (see
+        // Counted as sent before anything else, and taken back if refused. Shutdown closes the
+        // intake, then drains until every message counted as sent is accounted for (see
+        // `System::close`): either this send sees the intake closed and is refused, or the
+        // shutdown sees it counted and waits until its message is handled or drained. Counting
+        // first also means it can never be seen handled before it is seen sent (see
         // `System::quiescent`).
         shared.external.fetch_add(1, Ordering::SeqCst);
-        let refusal = if shared.closed.load(Ordering::SeqCst) {
-            Some(ErrorKind::SystemGone)
-        } else {
-            self.core.state().refusal()
+        let refusal = match shared.intake.load(Ordering::SeqCst) {
+            OPEN => self.core.state().refusal(),
+            CLOSING => Some(ErrorKind::Stopped),
+            _ => Some(ErrorKind::SystemGone),
         };
         let result = match refusal {
             Some(kind) => Err((env, kind)),

@@ -5,7 +5,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,6 +18,13 @@ use crate::message::HandlerKind;
 /// counted.
 const FAILURES_KEPT: usize = 1024;
 
+/// Handles' sends are taken.
+pub(crate) const OPEN: u8 = 0;
+/// The shutdown is stopping the agents: handles' sends are refused as `Stopped`.
+pub(crate) const CLOSING: u8 = 1;
+/// Every agent has ended: handles' sends are refused as `SystemGone`.
+pub(crate) const CLOSED: u8 = 2;
+
 /// State shared by every agent of one system and its owner.
 pub(crate) struct Shared {
     pub(crate) clock: quanta::Clock,
@@ -28,8 +35,10 @@ pub(crate) struct Shared {
     /// Set once the shutdown deadline has passed: a send waiting for room in a full bounded
     /// queue or output gives up, so that no agent waits past the deadline on another.
     pub(crate) expired: AtomicBool,
-    /// Set once every agent has ended (or been given up on): sends from outside are refused.
-    pub(crate) closed: AtomicBool,
+    /// Whether sends from outside (handles) are taken: [`OPEN`], then [`CLOSING`] once the
+    /// shutdown stops the agents, then [`CLOSED`] once every agent has ended (or been given up
+    /// on).
+    pub(crate) intake: AtomicU8,
     signal: Mutex<Signal>,
     changed: Condvar,
     failures_tx: Sender<Failure>,
@@ -51,7 +60,7 @@ impl Shared {
             external: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             expired: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
+            intake: AtomicU8::new(OPEN),
             signal: Mutex::new(Signal { stop_requested: false, live_agents: 0 }),
             changed: Condvar::new(),
             failures_tx,

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::builder::Node;
 use crate::entity::{EntityState, ErasedPort, Handle, Port, Stats};
-use crate::shared::{Failure, Shared};
+use crate::shared::{CLOSED, CLOSING, Failure, Shared};
 
 /// How long [`System::join`] and dropping a [`System`] wait for the system to go idle before
 /// reporting what is still queued as undelivered.
@@ -251,8 +251,10 @@ impl System {
     ///    loop stop together, once everything upstream of the loop has ended.
     /// 3. It joins every agent's thread.
     ///
-    /// Nothing in flight is lost: what a stopping entity is sent is handled before its own
-    /// `Nop`. If the system has not gone idle by `deadline` (an agent may be waiting on a
+    /// Once the system is idle (or the deadline has passed) and the entities begin to stop,
+    /// sends from handles are refused ([`ErrorKind::Stopped`](crate::ErrorKind::Stopped)) and
+    /// give the body back. Nothing in flight is lost: what a stopping entity is sent is handled
+    /// before its own `Nop`. If the system has not gone idle by `deadline` (an agent may be waiting on a
     /// terminal), what is still queued is taken out and reported as undelivered, every agent
     /// still running is sent its `Nop` at once, and the report says it timed out. A handler that
     /// is running is never interrupted; an agent that has not ended shortly after the deadline
@@ -328,6 +330,9 @@ impl System {
         if timed_out {
             self.expire();
         }
+        // From here on the agents stop: handles' sends are refused, so that each agent's `Nop`
+        // finds room in its queue and nothing new comes in behind it.
+        self.shared.intake.store(CLOSING, Ordering::SeqCst);
         let mut stopped = vec![false; self.ports.len()];
         let ended = self.stop_in_order(&mut stopped, until, until.max(Instant::now() + ORDER_GRACE));
         if !ended {
@@ -349,11 +354,11 @@ impl System {
         }
         let given_up = joined.contains(&false);
         // A handle on another thread may be sending right now: its message is counted as sent
-        // before it looks at `closed` (see `Handle::send_external`). Drain until every message
+        // before it looks at the intake (see `Handle::send_external`). Drain until every message
         // counted is accounted for, so that the last drain sees it. A send into a full bounded
         // queue gives up within 10 ms once its entity has stopped, and every entity has. An
         // agent given up on may hold a message forever: one pass then.
-        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.intake.store(CLOSED, Ordering::SeqCst);
         let give_up = Instant::now() + CLOSE_GRACE;
         loop {
             for port in &self.ports {
