@@ -1,6 +1,8 @@
 //! Items the macros' expansions use. Not public API: no stability promise.
 
-use crate::builder::{Node, SystemBuilder};
+use crate::backend::IntoBackend;
+use crate::builder::{EntityOptions, Node, SystemBuilder};
+use crate::restart::FactoryOutput;
 
 /// `Self` can be made from an edge's output `O`: what an edge `a -> b` needs of `b`'s input.
 /// A trait of its own, rather than `From` directly, so that a mismatch reads as a problem with
@@ -39,3 +41,30 @@ where
         EdgeKind::Loop => builder.loop_edge(from, to),
     };
 }
+
+/// Adds an entity with a restart factory, naming the backend's type when the declaration does
+/// (`model: LocalLlm = || LocalLlm::load(..)`).
+pub fn supervised<B, F, R>(
+    builder: &mut SystemBuilder,
+    name: &str,
+    factory: F,
+    options: EntityOptions,
+) -> Node<B::Input, B::Output>
+where
+    B: IntoBackend,
+    F: Factory<R>,
+    R: FactoryOutput<Backend = B>,
+{
+    builder.supervised(name, factory, options)
+}
+
+/// What a restarted entity is declared with: a closure that builds its backend. A trait of its
+/// own, rather than `FnMut` directly, so that a backend given instead reads as that mistake.
+#[diagnostic::on_unimplemented(
+    message = "a restarted entity is declared with a factory that builds its backend, not with `{Self}`",
+    label = "expected a closure that builds the backend",
+    note = "write `|| ...` before the expression: the factory is called for the first backend and again after each panic"
+)]
+pub trait Factory<R>: FnMut() -> R + Send + 'static {}
+
+impl<R, F: FnMut() -> R + Send + 'static> Factory<R> for F {}

@@ -332,10 +332,7 @@ fn a_capacity_of_zero_is_refused() {
     b.entity_with("zero", pass::<u32>(), EntityOptions::new().bounded(0));
     let err = b.spawn().unwrap_err();
     assert!(matches!(&err.problems()[0], BuildProblem::ZeroCapacity { name } if name == "zero"));
-    assert_eq!(
-        err.to_string(),
-        "entity `zero` has a bounded queue of capacity 0; give it a capacity of at least 1"
-    );
+    assert_eq!(err.to_string(), "entity `zero` has a bounded queue of capacity 0; give it a capacity of at least 1");
 }
 
 #[test]
@@ -589,7 +586,9 @@ fn a_factory_that_fails_ends_the_entity_with_a_clear_failure() {
     // A restart policy needs a factory.
     let mut b = SystemBuilder::new();
     b.entity_with("lonely", Flaky, EntityOptions::new().restart(1, Duration::from_secs(1)));
-    assert!(matches!(&b.spawn().unwrap_err().problems()[0], BuildProblem::RestartWithoutFactory { name } if name == "lonely"));
+    assert!(
+        matches!(&b.spawn().unwrap_err().problems()[0], BuildProblem::RestartWithoutFactory { name } if name == "lonely")
+    );
 }
 
 // A restarted backend runs its `start` again; a panic in `start` restarts too, within the limit.

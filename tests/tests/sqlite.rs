@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sophon::backends::sqlite::{Rows, SqliteStore, Statement, Value};
+use sophon::backends::sqlite::{Rows, SqliteError, SqliteStore, Statement, Value};
 use sophon::crossbeam_channel::Receiver;
 use sophon::{Failure, Handle, System, SystemBuilder};
 
@@ -52,6 +52,14 @@ fn a_bad_statement_is_an_error_and_the_store_goes_on() {
     let failure = failures.recv_timeout(WAIT).unwrap();
     assert_eq!((failure.entity.as_str(), failure.panicked), ("store", false));
     assert!(failure.message().contains("syntax error"), "{}", failure.error);
+    // The failure keeps the store's own error, whose source is SQLite's.
+    let error = failure.error.downcast_ref::<SqliteError>().expect("the store's error");
+    assert_eq!(error.sql(), "SELEC name FROM people");
+    let source = std::error::Error::source(error).expect("a source");
+    assert!(
+        matches!(source.downcast_ref::<rusqlite::Error>(), Some(rusqlite::Error::SqlInputError { .. })),
+        "{source:?}"
+    );
     store.query("SELECT * FROM nobody".into()).unwrap();
     assert!(failures.recv_timeout(WAIT).unwrap().message().contains("no such table: nobody"));
     store.read(insert("Ada", 36)).unwrap();

@@ -185,3 +185,40 @@ fn an_entity_may_run_a_backend_chosen_at_run_time() {
     assert_eq!(system.out.recv_timeout(DEADLINE).unwrap(), 3);
     assert!(system.shutdown(DEADLINE).is_clean());
 }
+
+/// Panics on every 10th number; counts how often it was built.
+struct Brittle;
+
+#[backend]
+impl Brittle {
+    fn query(&mut self, n: u64) -> u64 {
+        assert!(n % 10 != 9, "cannot take {n}");
+        n
+    }
+}
+
+#[test]
+fn a_restart_option_rebuilds_the_backend_with_its_factory() -> Result<(), Box<dyn std::error::Error>> {
+    let built = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = built.clone();
+    let system = agent_system! {
+        #[restart(max = 10, within = 1m)]
+        brittle = move || {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Brittle
+        };
+        #[restart(max = 1, within = 500ms)]
+        typed: Brittle = || Ok::<_, std::io::Error>(Brittle);
+        brittle -> output(out);
+    }?;
+    let id = system.brittle.id();
+    for n in 0..30 {
+        system.brittle.query(n)?;
+    }
+    assert_eq!(system.out.iter().take(27).count(), 27);
+    let report = system.shutdown(DEADLINE);
+    let brittle = report.entity("brittle").unwrap();
+    assert_eq!((brittle.id, brittle.stats.handled, brittle.stats.panics, brittle.stats.restarts), (id, 27, 3, 3));
+    assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 4);
+    Ok(())
+}

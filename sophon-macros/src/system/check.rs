@@ -4,28 +4,41 @@
 use std::collections::HashMap;
 
 use quote::quote;
-use syn::{Attribute, LitInt, Meta};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Attribute, Expr, Lit, LitInt, Meta, MetaNameValue, Token};
 
 use super::graph::{Graph, Kind};
 use super::parse::{Arrow, Entity};
 use crate::errors::{Errors, closest};
 
 /// The options an entity may carry, e.g. `#[bounded(16)] worker = Worker::new();`.
-const OPTIONS: &[&str] = &["bounded"];
+const OPTIONS: &[&str] = &["bounded", "restart"];
+
+/// How the options are written, for hints.
+const OPTIONS_HELP: &str = "`#[bounded(N)]`, `#[restart(max = N, within = DURATION)]`";
 
 /// An entity's options, as checked.
 #[derive(Default)]
 pub(super) struct Options {
     pub(super) bounded: Option<LitInt>,
+    pub(super) restart: Option<RestartOption>,
+}
+
+/// `#[restart(max = 5, within = 10s)]`: the most restarts, and the window in milliseconds.
+pub(super) struct RestartOption {
+    pub(super) max: LitInt,
+    pub(super) within_ms: u64,
 }
 
 pub(super) fn check(graph: &Graph<'_>, errors: &mut Errors) -> Vec<Options> {
-    let options = graph.entities.iter().map(|e| check_options(e, errors)).collect();
+    let options: Vec<Options> = graph.entities.iter().map(|e| check_options(e, errors)).collect();
     check_loop_on_read_edges(graph, errors);
     check_outputs(graph, errors);
     check_duplicate_edges(graph, errors);
     check_self_edges(graph, errors);
     check_query_cycles(graph, errors);
+    check_bounded_loops(graph, &options, errors);
     options
 }
 
@@ -50,6 +63,13 @@ fn check_options(entity: &Entity, errors: &mut Errors) -> Options {
                         .spanned(attr, "`bounded` takes the queue's capacity, a positive integer: `#[bounded(16)]`"),
                 }
             }
+            "restart" => {
+                if options.restart.is_some() {
+                    errors.spanned(attr, "option `restart` is given twice; keep one");
+                    continue;
+                }
+                options.restart = restart_policy(attr, errors);
+            }
             _ => {
                 let hint = match closest(&name, OPTIONS.iter().copied()) {
                     Some(close) => format!("did you mean `{close}`? "),
@@ -57,7 +77,7 @@ fn check_options(entity: &Entity, errors: &mut Errors) -> Options {
                 };
                 errors.spanned(
                     attr.path(),
-                    format!("unknown entity option `{name}`; {hint}the options are: `#[bounded(N)]`"),
+                    format!("unknown entity option `{name}`; {hint}the options are: {OPTIONS_HELP}"),
                 );
             }
         }
@@ -69,6 +89,84 @@ fn bounded_capacity(attr: &Attribute) -> Option<LitInt> {
     let Meta::List(list) = &attr.meta else { return None };
     let capacity: LitInt = syn::parse2(list.tokens.clone()).ok()?;
     (capacity.base10_parse::<usize>().ok()? > 0).then_some(capacity)
+}
+
+// `#[restart(max = 5, within = 10s)]` takes the most restarts, a non-negative integer, and the
+// window, an integer with a unit (`ms`, `s`, `m` or `h`); both are needed, each once.
+fn restart_policy(attr: &Attribute, errors: &mut Errors) -> Option<RestartOption> {
+    const USAGE: &str = "`restart` takes the most restarts and their window: `#[restart(max = 5, within = 10s)]`";
+    let fallback = || Some(RestartOption { max: LitInt::new("0", attr.span()), within_ms: 0 });
+    let Meta::List(list) = &attr.meta else {
+        errors.spanned(attr, USAGE);
+        return fallback();
+    };
+    let Ok(pairs) = list.parse_args_with(Punctuated::<MetaNameValue, Token![,]>::parse_terminated) else {
+        errors.spanned(attr, USAGE);
+        return fallback();
+    };
+    let (mut max, mut within) = (None, None);
+    let mut ok = true;
+    for pair in &pairs {
+        let key = pair.path.get_ident().map(ToString::to_string).unwrap_or_default();
+        let lit = match &pair.value {
+            Expr::Lit(lit) => match &lit.lit {
+                Lit::Int(int) => Some(int),
+                _ => None,
+            },
+            _ => None,
+        };
+        match key.as_str() {
+            "max" if max.is_some() => {
+                errors.spanned(pair, "`max` is given twice; keep one");
+                ok = false;
+            }
+            "within" if within.is_some() => {
+                errors.spanned(pair, "`within` is given twice; keep one");
+                ok = false;
+            }
+            "max" => match lit.filter(|int| int.suffix().is_empty() && int.base10_parse::<u32>().is_ok()) {
+                Some(int) => max = Some(int.clone()),
+                None => {
+                    errors.spanned(&pair.value, "`max` takes the most restarts allowed, an integer: `max = 5`");
+                    ok = false;
+                }
+            },
+            "within" => match lit.and_then(duration_ms) {
+                Some(ms) => within = Some(ms),
+                None => {
+                    errors.spanned(
+                        &pair.value,
+                        "`within` takes a duration: an integer with a unit of `ms`, `s`, `m` or `h`, e.g. `within = 10s`",
+                    );
+                    ok = false;
+                }
+            },
+            _ => {
+                errors
+                    .spanned(&pair.path, format!("unknown key `{key}` of `restart`; the keys are `max` and `within`"));
+                ok = false;
+            }
+        }
+    }
+    if ok && (max.is_none() || within.is_none()) {
+        errors.spanned(attr, USAGE);
+    }
+    // After an error the entity is still expanded as a restarted one, so that its factory does
+    // not add an error of its own.
+    let max = max.unwrap_or_else(|| LitInt::new("0", list.delimiter.span().join()));
+    Some(RestartOption { max, within_ms: within.unwrap_or(0) })
+}
+
+/// `10s` as milliseconds.
+fn duration_ms(lit: &LitInt) -> Option<u64> {
+    let scale = match lit.suffix() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    lit.base10_parse::<u64>().ok()?.checked_mul(scale)
 }
 
 // Only a query edge can close a loop: `loop a ~> b` is an error, since a read never answers and
@@ -171,6 +269,37 @@ fn check_query_cycles(graph: &Graph<'_>, errors: &mut Errors) {
                 quote!(#from #arrow #target),
                 format!(
                     "query edges `{path}` form a cycle ({}/{n}); make one of them a read edge (`~>`), or mark it `loop` if the loop is intended",
+                    k + 1
+                ),
+            );
+        }
+    }
+}
+
+// Edges must not form a loop through bounded entities only: each could wait for room in the
+// next one's full queue forever. `#[bounded(4)] a = ..; #[bounded(4)] b = ..; a -> b; loop b -> a;`
+// is an error on both edges, numbered; leaving one entity on the loop unbounded fixes it.
+fn check_bounded_loops(graph: &Graph<'_>, options: &[Options], errors: &mut Errors) {
+    let bounded = |i: usize| options[i].bounded.is_some();
+    let edges: Vec<(usize, usize)> = graph
+        .edges
+        .iter()
+        .filter(|e| e.from != e.to && bounded(e.from) && bounded(e.to))
+        .map(|e| (e.from, e.to))
+        .collect();
+    for cycle in sophon_graph::cycles(graph.entities.len(), &edges) {
+        let names: Vec<String> = cycle.iter().map(|&i| graph.entities[i].name.to_string()).collect();
+        let path = format!("{} -> {}", names.join(" -> "), names[0]);
+        let n = cycle.len();
+        for k in 0..n {
+            let (from, to) = (cycle[k], cycle[(k + 1) % n]);
+            let edge = graph.edges.iter().find(|e| e.from == from && e.to == to).expect("a cycle follows edges");
+            let (from, arrow, target) = (&edge.decl.from, &edge.decl.arrow, edge.target);
+            errors.spanned(
+                quote!(#from #arrow #target),
+                format!(
+                    "edges `{path}` form a loop whose queues are all bounded, which can deadlock ({}/{n}); \
+                     remove `#[bounded]` from one of its entities",
                     k + 1
                 ),
             );

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::Ident;
+use syn::spanned::Spanned;
 
 use super::check::Options;
 use super::graph::{Graph, Kind};
@@ -37,11 +38,19 @@ pub(super) fn expand(graph: &Graph<'_>, options: &[Options]) -> TokenStream {
         if let Some(capacity) = &options[i].bounded {
             opts = quote!(#opts.bounded(#capacity));
         }
-        let entity_fn = match &entity.ty {
-            Some(ty) => quote!(::sophon::SystemBuilder::entity_with::<#ty>),
-            None => quote!(::sophon::SystemBuilder::entity_with),
+        // A restarted entity is given a factory, which builds its first backend too.
+        let entity_fn = match (&options[i].restart, &entity.ty) {
+            (Some(restart), ty) => {
+                let (max, within) = (&restart.max, restart.within_ms);
+                opts = quote!(#opts.restart(#max, ::core::time::Duration::from_millis(#within)));
+                let ty = ty.as_ref().map_or_else(|| quote!(_), |ty| quote!(#ty));
+                quote_spanned!(expr.span()=> ::sophon::__private::supervised::<#ty, _, _>)
+            }
+            (None, Some(ty)) => quote!(::sophon::SystemBuilder::entity_with::<#ty>),
+            (None, None) => quote!(::sophon::SystemBuilder::entity_with),
         };
-        quote!(let #node = #entity_fn(&mut #builder, #label, #expr, #opts);)
+        // Spanned at the expression: when it is not a backend (or a factory), rustc says so there.
+        quote_spanned!(expr.span()=> let #node = #entity_fn(&mut #builder, #label, #expr, #opts);)
     });
 
     let mut edge_seen = std::collections::HashSet::new();

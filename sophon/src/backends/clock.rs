@@ -79,8 +79,8 @@ pub enum ClockError {
     UnknownZone(String),
     /// The word is neither a zone nor a format.
     UnknownWord(String),
-    /// The time could not be written in that format.
-    Format(String),
+    /// The time could not be written in that format; the source is jiff's error.
+    Format(jiff::Error),
 }
 
 impl fmt::Display for ClockError {
@@ -93,12 +93,19 @@ impl fmt::Display for ClockError {
                 f,
                 "`{word}` is neither a time zone nor a format; formats are `rfc3339`, `rfc2822`, `unix`, `unix-ms` or a `strftime` pattern"
             ),
-            ClockError::Format(reason) => write!(f, "cannot format the time: {reason}"),
+            ClockError::Format(e) => write!(f, "cannot format the time: {e}"),
         }
     }
 }
 
-impl std::error::Error for ClockError {}
+impl std::error::Error for ClockError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClockError::Format(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Tells the time, and can tick. See the [module docs](self).
 #[derive(Clone, Debug)]
@@ -186,7 +193,7 @@ fn find_zone(name: &str) -> Result<TimeZone, ClockError> {
 }
 
 fn write_time(time: &ZonedDateTime, format: &TimeFormat) -> Result<String, ClockError> {
-    let error = |e: jiff::Error| ClockError::Format(e.to_string());
+    let error = ClockError::Format;
     Ok(match format {
         TimeFormat::Rfc3339 => time.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string(),
         TimeFormat::Rfc2822 => jiff::fmt::rfc2822::to_string(time).map_err(error)?,

@@ -80,8 +80,8 @@ impl fmt::Display for Hits {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum SearchError {
-    /// The query is not in tantivy's query language.
-    Query(String),
+    /// The query is not in tantivy's query language; the source is tantivy's error.
+    Query(tantivy::query::QueryParserError),
     /// The index could not be opened, written or read.
     Index(TantivyError),
 }
@@ -95,7 +95,14 @@ impl fmt::Display for SearchError {
     }
 }
 
-impl std::error::Error for SearchError {}
+impl std::error::Error for SearchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SearchError::Query(e) => Some(e),
+            SearchError::Index(e) => Some(e),
+        }
+    }
+}
 
 impl From<TantivyError> for SearchError {
     fn from(e: TantivyError) -> Self {
@@ -197,7 +204,7 @@ impl SearchIndex {
     /// The best documents for `query`, best first.
     pub fn search(&mut self, query: &str) -> Result<Hits, SearchError> {
         self.commit()?;
-        let parsed = self.parser.parse_query(query).map_err(|e| SearchError::Query(e.to_string()))?;
+        let parsed = self.parser.parse_query(query).map_err(SearchError::Query)?;
         let searcher = self.reader.searcher();
         let top = searcher.search(&parsed, &TopDocs::with_limit(self.limit).order_by_score())?;
         let mut hits = Vec::with_capacity(top.len());

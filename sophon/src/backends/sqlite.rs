@@ -36,6 +36,38 @@ use rusqlite::{Connection, params_from_iter};
 
 use crate::backend;
 
+/// A statement SQLite refused or failed to run. Its [`source`](std::error::Error::source) is
+/// SQLite's own error, a [`rusqlite::Error`].
+#[derive(Debug)]
+pub struct SqliteError {
+    sql: String,
+    source: rusqlite::Error,
+}
+
+impl SqliteError {
+    /// The statement's SQL.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// SQLite's error.
+    pub fn rusqlite(&self) -> &rusqlite::Error {
+        &self.source
+    }
+}
+
+impl fmt::Display for SqliteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` failed: {}", self.sql, self.source)
+    }
+}
+
+impl std::error::Error for SqliteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
 /// One SQL statement and the values bound to its parameters (`?1`, `?2`, ...).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Statement {
@@ -151,7 +183,11 @@ impl SqliteStore {
     }
 
     /// Runs `statement` and collects what it returns.
-    pub fn run(&mut self, statement: &Statement) -> Result<Rows, rusqlite::Error> {
+    pub fn run(&mut self, statement: &Statement) -> Result<Rows, SqliteError> {
+        self.execute(statement).map_err(|source| SqliteError { sql: statement.sql.clone(), source })
+    }
+
+    fn execute(&mut self, statement: &Statement) -> Result<Rows, rusqlite::Error> {
         let mut prepared = self.connection.prepare(&statement.sql)?;
         let columns: Vec<String> = prepared.column_names().map(str::to_owned).collect();
         let width = columns.len();
@@ -167,12 +203,12 @@ impl SqliteStore {
 #[backend]
 impl SqliteStore {
     /// Runs a lookup and answers the rows it found.
-    fn query(&mut self, statement: Statement) -> Result<Rows, rusqlite::Error> {
+    fn query(&mut self, statement: Statement) -> Result<Rows, SqliteError> {
         self.run(&statement)
     }
 
     /// Runs a statement that stores something; answers nothing.
-    fn read(&mut self, statement: Statement) -> Result<(), rusqlite::Error> {
+    fn read(&mut self, statement: Statement) -> Result<(), SqliteError> {
         self.run(&statement).map(drop)
     }
 }
