@@ -120,6 +120,10 @@ pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
 /// name = expr;                     an entity running the backend `expr`; its type is inferred
 /// name: Type = expr;               the same, with the backend's type written out
 /// #[bounded(16)] name = expr;      an entity option: queues of at most 16 messages each
+/// #[restart(max = 5, within = 10s)]
+/// name = || expr;                  restarted when its backend panics: `|| expr` is the factory
+///                                  that builds it, first and after each panic (at most 5
+///                                  restarts within any 10 s; units `ms`, `s`, `m`, `h`)
 /// a -> b;                          a query edge: `b` gets `a`'s output as a query, and answers
 /// a ~> b;                          a read edge: `b` gets `a`'s output as a read, answers nothing
 /// a -> [b, c, d];                  fan-out: one edge to each target (also with `~>`)
@@ -135,9 +139,11 @@ pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Each is an error on the offending tokens, and one build reports them all: an edge to an
 /// unknown entity (with the closest name as a hint), an entity declared twice, an edge declared
 /// twice, an edge from an entity to itself unless declared `loop`, a cycle of query edges not
-/// declared `loop` (each edge of it is marked, naming the whole cycle), `loop` on a read edge, an
-/// unknown entity option or a malformed option value, an output named like an entity, and an
-/// edge whose types do not fit (reported by rustc, at the edge's target).
+/// declared `loop` (each edge of it is marked, naming the whole cycle), `loop` on a read edge, a
+/// loop of edges whose entities are all `#[bounded]` (which could deadlock), an unknown entity
+/// option or a malformed option value, an output named like an entity, an edge whose types do
+/// not fit (reported by rustc, at the edge's target), and a `#[restart]` entity given a backend
+/// rather than a factory (reported by rustc, at the expression).
 ///
 /// # Examples
 ///

@@ -55,15 +55,22 @@
 //! # Failures are contained
 //!
 //! A handler's `Err` is counted and reported (see [`System::failures`] and [`Report`]) and the
-//! agent goes on. A panic is caught at the agent: that entity is marked failed, what was queued
-//! for it is counted as undelivered, and the rest of the system keeps running. Sending to a
-//! stopped or failed entity returns an error that gives the body back.
+//! agent goes on; the [`Failure`] keeps the error itself, to downcast. A panic in any handler,
+//! or in a backend's `Drop`, is caught at the agent and counted once: that entity is marked
+//! failed, what was queued for it is counted as undelivered, and the rest of the system keeps
+//! running. An entity added with [`SystemBuilder::supervised`] (or `#[restart(..)]` in
+//! `agent_system!`) is rebuilt by its factory instead, keeping its id, its handles and its
+//! queue, as its [`Restart`] policy allows. Sending to a stopped or failed entity returns an
+//! error that gives the body back.
 //!
 //! # Shutting down
 //!
-//! [`System::shutdown`] waits until nothing is queued or being handled anywhere, then stops every
-//! agent and joins its thread; past its deadline what is still queued is reported as
-//! undelivered, never silently dropped. Dropping a `System` does the same.
+//! [`System::shutdown`] waits until nothing is queued or being handled anywhere, then stops the
+//! entities in graph order (each after everything feeding it has ended, so what a `nop` sends
+//! is delivered) and joins their threads. It returns within its deadline plus
+//! [`SHUTDOWN_GRACE`], whatever the backends do: past the deadline what is still queued is
+//! reported as undelivered, never silently dropped, and an agent that will not end is named in
+//! the report and left behind. Dropping a `System` does the same.
 #![warn(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 

@@ -36,8 +36,8 @@ pub enum HttpError {
     Unreachable {
         /// The URL asked.
         url: String,
-        /// What went wrong.
-        reason: String,
+        /// What went wrong: ureq's error, also the error's `source()`.
+        source: ureq::Error,
         /// How many requests were made.
         attempts: u32,
     },
@@ -56,8 +56,8 @@ impl fmt::Display for HttpError {
                 write!(f, "the server answered {status} ({message})")?;
                 if *attempts > 1 { write!(f, " after {attempts} attempts") } else { Ok(()) }
             }
-            HttpError::Unreachable { url, reason, attempts } => {
-                write!(f, "cannot reach `{url}` ({reason})")?;
+            HttpError::Unreachable { url, source, attempts } => {
+                write!(f, "cannot reach `{url}` ({source})")?;
                 if *attempts > 1 { write!(f, " after {attempts} attempts") } else { Ok(()) }
             }
             HttpError::Malformed(what) => write!(f, "malformed reply from the server: {what}"),
@@ -65,7 +65,14 @@ impl fmt::Display for HttpError {
     }
 }
 
-impl std::error::Error for HttpError {}
+impl std::error::Error for HttpError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HttpError::Unreachable { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 /// A model behind an OpenAI-compatible chat-completions server: Ollama, llama.cpp's server,
 /// vLLM, OpenAI. Requests are blocking (no async runtime): the agent's thread waits for the
@@ -262,7 +269,7 @@ impl HttpLlm {
                 }
                 Err(_) if attempts <= self.retries => None,
                 Err(e) => {
-                    return Err(HttpError::Unreachable { url: self.endpoint.clone(), reason: e.to_string(), attempts });
+                    return Err(HttpError::Unreachable { url: self.endpoint.clone(), source: e, attempts });
                 }
             };
             let backoff = self.backoff.saturating_mul(1 << (attempts - 1).min(16));
