@@ -45,8 +45,9 @@ pub enum LocalLlmError {
         /// What is wrong with it.
         reason: String,
     },
-    /// Generation failed.
-    Generate(String),
+    /// Generation failed; the error (candle's, the tokenizer's or the chat template's) is also
+    /// the `source()`.
+    Generate(BoxError),
 }
 
 impl fmt::Display for LocalLlmError {
@@ -65,14 +66,21 @@ impl fmt::Display for LocalLlmError {
     }
 }
 
-impl std::error::Error for LocalLlmError {}
+impl std::error::Error for LocalLlmError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LocalLlmError::Generate(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
 
 fn load_error(path: &Path) -> impl Fn(&dyn fmt::Display) -> LocalLlmError + '_ {
     move |e| LocalLlmError::Load { path: path.to_owned(), reason: e.to_string() }
 }
 
-fn generate_error(e: impl fmt::Display) -> LocalLlmError {
-    LocalLlmError::Generate(e.to_string())
+fn generate_error(e: impl Into<BoxError>) -> LocalLlmError {
+    LocalLlmError::Generate(e.into())
 }
 
 /// The cache directory models are looked for in: `$XDG_CACHE_HOME/sophon`, else
@@ -261,7 +269,7 @@ impl LocalLlm {
                 bos_token => self.bos,
                 eos_token => self.eos,
             })
-            .map_err(|e| LocalLlmError::Generate(format!("the chat template failed: {e}")))
+            .map_err(|e| LocalLlmError::Generate(format!("the chat template failed: {e}").into()))
     }
 
     /// The prompt's tokens, with the oldest turns left out when the conversation no longer fits
@@ -278,10 +286,13 @@ impl LocalLlm {
                 return Ok(tokens);
             }
             if system + skip + 1 >= messages.len() {
-                return Err(LocalLlmError::Generate(format!(
-                    "the last message alone takes {} tokens; the model's context holds {room} beside the reply",
-                    tokens.len()
-                )));
+                return Err(LocalLlmError::Generate(
+                    format!(
+                        "the last message alone takes {} tokens; the model's context holds {room} beside the reply",
+                        tokens.len()
+                    )
+                    .into(),
+                ));
             }
             skip += 1;
         }
