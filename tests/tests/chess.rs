@@ -186,6 +186,8 @@ fn a_killed_engine_process_is_an_error_and_the_agent_goes_on() {
 fn an_engine_program_that_is_not_there_is_an_error() {
     let err = UciEngine::spawn("/nonexistent/engine").unwrap_err();
     assert!(err.to_string().starts_with("cannot start the engine `/nonexistent/engine`: "), "{err}");
+    let source = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<std::io::Error>());
+    assert_eq!(source.map(std::io::Error::kind), Some(std::io::ErrorKind::NotFound), "the cause is kept");
 }
 
 #[test]

@@ -566,8 +566,8 @@ pub enum UciError {
     Spawn {
         /// The program.
         program: PathBuf,
-        /// Why.
-        reason: String,
+        /// Why: the operating system's error, also the `source()`.
+        source: std::io::Error,
     },
     /// The process has exited or closed its pipes.
     Dead(String),
@@ -580,8 +580,8 @@ pub enum UciError {
 impl fmt::Display for UciError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            UciError::Spawn { program, reason } => {
-                write!(f, "cannot start the engine `{}`: {reason}", program.display())
+            UciError::Spawn { program, source } => {
+                write!(f, "cannot start the engine `{}`: {source}", program.display())
             }
             UciError::Dead(name) => write!(f, "the engine `{name}` has died"),
             UciError::Timeout(waiting) => write!(f, "the engine did not answer `{waiting}` in time"),
@@ -590,7 +590,14 @@ impl fmt::Display for UciError {
     }
 }
 
-impl std::error::Error for UciError {}
+impl std::error::Error for UciError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UciError::Spawn { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 /// An engine process that speaks UCI, such as Stockfish. See the [module docs](self).
 ///
@@ -620,13 +627,13 @@ impl UciEngine {
     /// Starts `program` and does the UCI handshake (`uci`, `isready`).
     pub fn spawn(program: impl AsRef<Path>) -> Result<Self, UciError> {
         let program = program.as_ref();
-        let spawn_error = |e: &dyn fmt::Display| UciError::Spawn { program: program.to_owned(), reason: e.to_string() };
+        let spawn_error = |source| UciError::Spawn { program: program.to_owned(), source };
         let mut child = Command::new(program)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| spawn_error(&e))?;
+            .map_err(spawn_error)?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         // The engine's answers come through a channel, so that every wait has a timeout.
@@ -641,7 +648,7 @@ impl UciEngine {
                     }
                 }
             })
-            .map_err(|e| spawn_error(&e))?;
+            .map_err(spawn_error)?;
         let mut engine = UciEngine {
             child,
             stdin,
