@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 use uuid::Uuid;
 
-use crate::entity::{Core, Envelope, Port, Queue};
+use crate::entity::{Core, Envelope, Port, Queue, wait_for_room};
 use crate::err::{Error, ErrorKind};
 use crate::shared::Shared;
 
@@ -103,21 +103,13 @@ impl<O: Send> Outlet<O> for OutputOutlet<O> {
     /// an output nobody reads cannot hold a shutdown past its deadline.
     #[inline]
     fn send(&self, out: O) -> Result<(), ErrorKind> {
-        let mut out = match self.tx.try_send(out) {
-            Ok(()) => return Ok(()),
-            Err(TrySendError::Disconnected(_)) => return Err(ErrorKind::Stopped),
-            Err(TrySendError::Full(out)) => out,
-        };
-        loop {
-            match self.tx.send_timeout(out, Duration::from_millis(10)) {
-                Ok(()) => return Ok(()),
-                Err(SendTimeoutError::Disconnected(_)) => return Err(ErrorKind::Stopped),
-                Err(SendTimeoutError::Timeout(back)) => {
-                    if self.shared.expired.load(Ordering::Acquire) {
-                        return Err(ErrorKind::DeadlinePassed);
-                    }
-                    out = back;
-                }
+        match self.tx.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected(_)) => Err(ErrorKind::Stopped),
+            Err(TrySendError::Full(out)) => {
+                let shared = &self.shared;
+                wait_for_room(&self.tx, out, || shared.expired().then_some(ErrorKind::DeadlinePassed))
+                    .map_err(|(_, kind)| kind)
             }
         }
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use crossbeam_utils::CachePadded;
 use uuid::Uuid;
 
@@ -221,12 +221,13 @@ impl<T> Queue<T> {
         // Room in the queue is the common case: no clock read for the timeout then.
         match self.tx.try_send(msg) {
             Ok(()) => Ok(()),
-            Err(e) => wait_for_room(&self.tx, e.into_inner(), core),
+            Err(e) if core.is_current() => Err((e.into_inner(), ErrorKind::WouldDeadlock)),
+            Err(e) => wait_for_room(&self.tx, e.into_inner(), || {
+                core.state().refusal().or_else(|| core.shared.expired().then_some(ErrorKind::DeadlinePassed))
+            }),
         }
     }
-}
 
-impl<T> Queue<T> {
     /// Enqueues unless the queue is full; gives the message up if it is.
     pub(crate) fn try_push(&self, msg: T) -> bool {
         // The port holds a receiver, so the channel cannot be disconnected.
@@ -234,23 +235,22 @@ impl<T> Queue<T> {
     }
 }
 
-/// Sends `msg` into `tx`, a full bounded queue of `core`'s entity, once there is room: see
-/// [`Queue::push`].
+/// Sends `msg` into `tx`, a full bounded channel, once there is room, looking every 10 ms at
+/// whether to `give_up` (and why) instead. A disconnected channel refuses it as `Stopped`.
 #[cold]
-fn wait_for_room<T>(tx: &Sender<T>, mut msg: T, core: &Core) -> Result<(), (T, ErrorKind)> {
-    if core.is_current() {
-        return Err((msg, ErrorKind::WouldDeadlock));
-    }
+pub(crate) fn wait_for_room<T>(
+    tx: &Sender<T>,
+    mut msg: T,
+    give_up: impl Fn() -> Option<ErrorKind>,
+) -> Result<(), (T, ErrorKind)> {
     loop {
         match tx.send_timeout(msg, Duration::from_millis(10)) {
             Ok(()) => return Ok(()),
-            Err(e) => {
-                msg = e.into_inner();
-                if let Some(kind) = core.state().refusal() {
+            Err(SendTimeoutError::Disconnected(back)) => return Err((back, ErrorKind::Stopped)),
+            Err(SendTimeoutError::Timeout(back)) => {
+                msg = back;
+                if let Some(kind) = give_up() {
                     return Err((msg, kind));
-                }
-                if core.shared.expired.load(Ordering::Acquire) {
-                    return Err((msg, ErrorKind::DeadlinePassed));
                 }
             }
         }

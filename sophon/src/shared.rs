@@ -69,6 +69,11 @@ impl Shared {
         }
     }
 
+    /// Whether the shutdown deadline has passed.
+    pub(crate) fn expired(&self) -> bool {
+        self.expired.load(Ordering::Acquire)
+    }
+
     pub(crate) fn signal(&self) -> MutexGuard<'_, Signal> {
         self.signal.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -254,25 +254,11 @@ fn check_query_cycles(graph: &Graph<'_>, errors: &mut Errors) {
     let queries: Vec<(usize, usize)> =
         graph.edges.iter().filter(|e| e.kind == Kind::Query && e.from != e.to).map(|e| (e.from, e.to)).collect();
     for cycle in sophon_graph::cycles(graph.entities.len(), &queries) {
-        let names: Vec<String> = cycle.iter().map(|&i| graph.entities[i].name.to_string()).collect();
-        let path = format!("{} -> {}", names.join(" -> "), names[0]);
-        let n = cycle.len();
-        for k in 0..n {
-            let (from, to) = (cycle[k], cycle[(k + 1) % n]);
-            let edge = graph
-                .edges
-                .iter()
-                .find(|e| e.kind == Kind::Query && e.from == from && e.to == to)
-                .expect("a cycle follows query edges");
-            let (from, arrow, target) = (&edge.decl.from, &edge.decl.arrow, edge.target);
-            errors.spanned(
-                quote!(#from #arrow #target),
-                format!(
-                    "query edges `{path}` form a cycle ({}/{n}); make one of them a read edge (`~>`), or mark it `loop` if the loop is intended",
-                    k + 1
-                ),
-            );
-        }
+        report_cycle(graph, &cycle, Some(Kind::Query), errors, |path, k, n| {
+            format!(
+                "query edges `{path}` form a cycle ({k}/{n}); make one of them a read edge (`~>`), or mark it `loop` if the loop is intended"
+            )
+        });
     }
 }
 
@@ -288,21 +274,36 @@ fn check_bounded_loops(graph: &Graph<'_>, options: &[Options], errors: &mut Erro
         .map(|e| (e.from, e.to))
         .collect();
     for cycle in sophon_graph::cycles(graph.entities.len(), &edges) {
-        let names: Vec<String> = cycle.iter().map(|&i| graph.entities[i].name.to_string()).collect();
-        let path = format!("{} -> {}", names.join(" -> "), names[0]);
-        let n = cycle.len();
-        for k in 0..n {
-            let (from, to) = (cycle[k], cycle[(k + 1) % n]);
-            let edge = graph.edges.iter().find(|e| e.from == from && e.to == to).expect("a cycle follows edges");
-            let (from, arrow, target) = (&edge.decl.from, &edge.decl.arrow, edge.target);
-            errors.spanned(
-                quote!(#from #arrow #target),
-                format!(
-                    "edges `{path}` form a loop whose queues are all bounded, which can deadlock ({}/{n}); \
-                     remove `#[bounded]` from one of its entities",
-                    k + 1
-                ),
-            );
-        }
+        report_cycle(graph, &cycle, None, errors, |path, k, n| {
+            format!(
+                "edges `{path}` form a loop whose queues are all bounded, which can deadlock ({k}/{n}); \
+                 remove `#[bounded]` from one of its entities"
+            )
+        });
+    }
+}
+
+/// Reports an error on each edge of `cycle` (of edges of `kind`, or of any kind), numbered,
+/// with the message `describe(path, k, n)` for the `k`th of `n` edges along `path`
+/// (`a -> b -> a`).
+fn report_cycle(
+    graph: &Graph<'_>,
+    cycle: &[usize],
+    kind: Option<Kind>,
+    errors: &mut Errors,
+    describe: impl Fn(&str, usize, usize) -> String,
+) {
+    let names: Vec<String> = cycle.iter().map(|&i| graph.entities[i].name.to_string()).collect();
+    let path = format!("{} -> {}", names.join(" -> "), names[0]);
+    let n = cycle.len();
+    for k in 0..n {
+        let (from, to) = (cycle[k], cycle[(k + 1) % n]);
+        let edge = graph
+            .edges
+            .iter()
+            .find(|e| e.from == from && e.to == to && kind.is_none_or(|kind| e.kind == kind))
+            .expect("a cycle follows the edges it was found in");
+        let (from, arrow, target) = (&edge.decl.from, &edge.decl.arrow, edge.target);
+        errors.spanned(quote!(#from #arrow #target), describe(&path, k + 1, n));
     }
 }
