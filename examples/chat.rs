@@ -1,4 +1,4 @@
-//! A person talks to a language model: two backends and two edges.
+//! A person talks to a language model: two backends, asked in turn.
 //!
 //! ```text
 //! cargo run --release --example chat                       # SmolLM2-135M on this CPU, offline
@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use sophon::backends::llm::{ChatOptions, HttpLlm, LocalLlm};
 use sophon::backends::person::Person;
-use sophon::crossbeam_channel::RecvTimeoutError;
-use sophon::{BoxBackend, agent_system};
+use sophon::{AskError, BoxBackend, ReplyErrorKind, agent_system};
 
 const USAGE: &str = "usage: chat [--http URL [--model NAME]] [--model-path FILE] [--system PROMPT] \
                      [--max-tokens N] [--seed N]";
@@ -94,32 +93,30 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    // person -> model: what the person types is a query to the model;
-    // model -> person: the reply is a query back, so the person answers it. The two edges make
-    // a loop, declared as intended.
+    // No edges: this thread asks each in turn, and each answer comes back to it alone.
     let system = agent_system! {
         person = Person::terminal().prompt("you> ").label("model> ");
         model: BoxBackend<String, String> = backend;
-        person -> model;
-        loop model -> person;
     }?;
 
     println!("Talking to {name}. Type /quit or end the input to leave.");
-    system.person.query(String::new())?;
-
-    // A failed reply is reported here, and the person gets the floor back.
-    let failures = system.failures();
-    while !system.stop_requested() {
-        match failures.recv_timeout(Duration::from_millis(50)) {
-            Ok(failure) => {
-                eprintln!("chat: {failure}");
-                if failure.entity == "model" {
-                    system.person.query(String::new())?;
-                }
+    let mut reply = String::new();
+    loop {
+        // The person sees the reply and types the next line; one who leaves answers nothing.
+        let line = match system.person.call(reply) {
+            Ok(line) => line,
+            Err(AskError::Reply(e)) if e.kind() == ReplyErrorKind::NoAnswer => break,
+            Err(e) => return Err(e.into()),
+        };
+        // Asked, the model streams its reply in pieces.
+        reply = match system.model.ask(line)?.collect::<Result<String, _>>() {
+            Ok(pieces) => pieces.trim().to_owned(),
+            // A failed reply is reported, and the person gets the floor back.
+            Err(e) => {
+                eprintln!("chat: {e}");
+                String::new()
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
+        };
     }
     let report = system.shutdown(Duration::from_secs(30));
     if !report.is_clean() {

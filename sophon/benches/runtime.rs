@@ -63,6 +63,56 @@ mod ping_pong {
     }
 }
 
+/// A request and its reply: the baseline sends each request with a reply channel of its own, as
+/// request/response over crossbeam is written by hand.
+mod ask {
+    use super::*;
+
+    #[divan::bench]
+    fn crossbeam(bencher: Bencher<'_, '_>) {
+        let (to_tx, to_rx) = unbounded::<(u64, Sender<u64>)>();
+        let echo = thread::spawn(move || {
+            for (n, reply) in to_rx {
+                reply.send(n).unwrap();
+            }
+        });
+        bencher.bench_local(|| {
+            let (reply_tx, reply_rx) = bounded(1);
+            to_tx.send((1, reply_tx)).unwrap();
+            reply_rx.recv().unwrap()
+        });
+        drop(to_tx);
+        echo.join().unwrap();
+    }
+
+    /// `Handle::call`: the first answer.
+    #[divan::bench]
+    fn sophon(bencher: Bencher<'_, '_>) {
+        let mut b = SystemBuilder::new();
+        let echo = b.entity("echo", Pass);
+        let system = b.spawn().unwrap();
+        let handle = system.handle(&echo);
+        bencher.bench_local(|| handle.call(1).unwrap());
+        system.shutdown(sophon::DEFAULT_SHUTDOWN_DEADLINE);
+    }
+
+    /// `Handle::ask`, read to its end.
+    #[divan::bench]
+    fn sophon_whole_reply(bencher: Bencher<'_, '_>) {
+        let mut b = SystemBuilder::new();
+        let echo = b.entity("echo", Pass);
+        let system = b.spawn().unwrap();
+        let handle = system.handle(&echo);
+        bencher.bench_local(|| {
+            let mut reply = handle.ask(1).unwrap();
+            let n = reply.recv().unwrap().unwrap();
+            assert!(reply.recv().unwrap().is_none());
+            n
+        });
+        system.shutdown(sophon::DEFAULT_SHUTDOWN_DEADLINE);
+    }
+}
+
 /// 1,000,000 messages through 8 stages.
 mod pipeline {
     use super::*;

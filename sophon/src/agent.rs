@@ -15,6 +15,7 @@ use crate::context::Context;
 use crate::entity::{Core, EntityState, Envelope, Port};
 use crate::err::BoxError;
 use crate::message::HandlerKind;
+use crate::reply::{Asker, ReplyErrorKind};
 use crate::restart::{FactoryFailed, Supervisor};
 use crate::shared::{Failure, PanicError};
 
@@ -209,6 +210,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                     self.handle(HandlerKind::Query, body)
                 }
                 Incoming::Envelope(Envelope::Read(body)) => self.handle(HandlerKind::Read, body),
+                Incoming::Envelope(Envelope::Ask(body, asker)) => self.handle_ask(body, asker),
                 Incoming::Envelope(Envelope::Nop) => {
                     let flow = self.catch_up();
                     self.close_batch();
@@ -372,12 +374,28 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         }
     }
 
-    /// Counts and reports a handler's `Err`.
+    /// Handles a query from [`Handle::ask`](crate::Handle::ask): what the handler sends goes to
+    /// the asker, and the reply ends when the handler returns (an error or panic ends it on
+    /// the way, in `failed` or `panicked`).
+    fn handle_ask(&mut self, body: I, asker: Asker<O>) -> Flow {
+        self.ctx.asker = Some(asker);
+        let flow = self.handle(HandlerKind::Query, body);
+        if let Some(asker) = self.ctx.asker.take() {
+            asker.finish();
+        }
+        flow
+    }
+
+    /// Counts and reports a handler's `Err`, and ends the reply of an ask with it.
     #[cold]
     fn failed(&mut self, kind: HandlerKind, error: BoxError) {
         self.errors += 1;
         self.core.counters.errors.store(self.errors, Ordering::Relaxed);
-        self.report(kind, error.into(), false);
+        let error: Arc<dyn std::error::Error + Send + Sync> = error.into();
+        if let Some(asker) = self.ctx.asker.take() {
+            asker.fail(ReplyErrorKind::Failed, Some(error.clone()));
+        }
+        self.report(kind, error, false);
     }
 
     /// Runs a handler that no message asked for (`start`, a timer), unless the system is
@@ -445,7 +463,11 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             // Marked failed before it is reported, so that no one sends it more work.
             self.core.set_state(EntityState::Failed);
         }
-        self.report(kind, Arc::new(PanicError::new(message)), true);
+        let error = Arc::new(PanicError::new(message));
+        if let Some(asker) = self.ctx.asker.take() {
+            asker.fail(ReplyErrorKind::Panicked, Some(error.clone()));
+        }
+        self.report(kind, error, true);
         if restart { self.restart() } else { Flow::Failed }
     }
 

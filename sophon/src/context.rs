@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::entity::{Core, Envelope, Port, Queue, wait_for_room};
 use crate::err::{Error, ErrorKind};
+use crate::reply::Asker;
 use crate::shared::Shared;
 
 /// The kind of an outgoing edge.
@@ -174,6 +175,11 @@ pub struct Context<O> {
     outputs: u64,
     timers: Vec<Timer>,
     next_timer: u64,
+    /// The asker of the message being handled, if it came from [`Handle::ask`]: everything the
+    /// handler sends goes there instead.
+    ///
+    /// [`Handle::ask`]: crate::Handle::ask
+    pub(crate) asker: Option<Asker<O>>,
 }
 
 impl<O> fmt::Debug for Context<O> {
@@ -187,7 +193,7 @@ impl<O> fmt::Debug for Context<O> {
 
 impl<O: Send + 'static> Context<O> {
     pub(crate) fn new(core: Arc<Core>) -> Self {
-        Context { siblings: Vec::new(), core, sent: 0, outputs: 0, timers: Vec::new(), next_timer: 0 }
+        Context { siblings: Vec::new(), core, sent: 0, outputs: 0, timers: Vec::new(), next_timer: 0, asker: None }
     }
 
     pub(crate) fn add_sibling(&mut self, sibling: Sibling<O>) {
@@ -239,8 +245,29 @@ impl<O: Send + 'static> Context<O> {
         Error::new(kind, sibling.name.clone())
     }
 
+    /// Whether the message being handled came from [`Handle::ask`](crate::Handle::ask): then
+    /// everything the handler sends, by any of the `send` methods, goes to the asker alone.
+    /// A backend that streams (a language model, say) can stream its pieces when asked and
+    /// send nothing else.
+    pub fn is_asked(&self) -> bool {
+        self.asker.is_some()
+    }
+
+    /// Sends `out` to the asker of the message being handled. Counted as an output: it leaves
+    /// the system at once.
+    #[cold]
+    #[inline(never)]
+    fn answer(&mut self, out: O) -> Result<(), Error> {
+        self.count_sent(1);
+        self.outputs += 1;
+        self.core.counters.outputs.store(self.outputs, Ordering::Release);
+        self.asker.as_ref().expect("answering an ask").send(out);
+        Ok(())
+    }
+
     /// Sends `out` to every sibling: each gets a clone, the last one the value itself. With no
-    /// siblings, `out` is dropped.
+    /// siblings, `out` is dropped. While the handler answers an ask (see
+    /// [`is_asked`](Self::is_asked)), this and the other `send` methods send to the asker only.
     ///
     /// A sibling that has stopped or failed does not stop the others from getting the message;
     /// the first refusal is returned. The error is `Send + Sync` whatever `O` is, so `?` turns it
@@ -252,6 +279,9 @@ impl<O: Send + 'static> Context<O> {
     where
         O: Clone,
     {
+        if self.asker.is_some() {
+            return self.answer(out);
+        }
         if self.siblings.len() == 1 {
             self.count_sent(1);
             Self::deliver(&self.siblings[0], out, &self.core, &mut self.sent, &mut self.outputs)
@@ -284,6 +314,9 @@ impl<O: Send + 'static> Context<O> {
 
     /// Sends `out` to the sibling called `name` only, moving it.
     pub fn send_to(&mut self, name: &str, out: O) -> Result<(), Error> {
+        if self.asker.is_some() {
+            return self.answer(out);
+        }
         let Some(i) = self.siblings.iter().position(|s| &*s.name == name) else {
             return Err(Error::new(ErrorKind::UnknownSibling, Arc::from(name)));
         };
@@ -297,6 +330,9 @@ impl<O: Send + 'static> Context<O> {
     where
         O: Clone,
     {
+        if self.asker.is_some() {
+            return self.answer(out);
+        }
         let count = self.siblings.iter().filter(|s| &*s.name != name).count();
         if count == 0 {
             return Ok(());

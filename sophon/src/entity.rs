@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::backend::{Backend, BoxBackend};
 use crate::err::{Error, ErrorKind, SendError};
+use crate::reply::{AskError, Asker, Reply, ReplyErrorKind};
 use crate::shared::{CLOSING, OPEN, Shared};
 
 /// What travels on an entity's inbox: everything but the queries of its query edges.
@@ -20,6 +21,8 @@ pub(crate) enum Envelope<I, O> {
     /// A query from a handle.
     Query(I),
     Read(I),
+    /// A query from a handle whose answer goes back to the asker only.
+    Ask(I, Asker<O>),
     Nop,
     Swap(Box<SwapRequest<I, O>>),
 }
@@ -306,6 +309,11 @@ impl<I, O> Port<I, O> {
         while let Ok(env) = self.inbox_rx.try_recv() {
             match env {
                 Envelope::Query(_) | Envelope::Read(_) => n += 1,
+                Envelope::Ask(_, asker) => {
+                    n += 1;
+                    let why = self.core.state().refusal().unwrap_or(ErrorKind::DeadlinePassed);
+                    asker.fail(ReplyErrorKind::NotHandled(why), None);
+                }
                 Envelope::Nop => {}
                 Envelope::Swap(req) => {
                     let _ = req.reply.send(Err(req.backend));
@@ -408,6 +416,65 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     /// Sends a read: the entity takes the body in and answers nothing.
     pub fn read(&self, body: I) -> Result<(), SendError<I>> {
         self.send_body(body, Envelope::Read)
+    }
+
+    /// Asks the entity: it handles `body` as a query, and everything its handler sends while
+    /// doing so comes back in the [`Reply`], to this caller only, not to the entity's siblings.
+    ///
+    /// It fails, giving the body back, as [`query`](Self::query) does; and at once with
+    /// [`ErrorKind::WouldDeadlock`] when a handler of the entity asks its own entity, which
+    /// could not answer before that handler returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sophon::{Backend, BoxError, Context, SystemBuilder};
+    ///
+    /// struct Double;
+    /// impl Backend for Double {
+    ///     type Input = u64;
+    ///     type Output = u64;
+    ///     fn query(&mut self, n: u64, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+    ///         Ok(ctx.send(n * 2)?)
+    ///     }
+    /// }
+    ///
+    /// let mut builder = SystemBuilder::new();
+    /// let double = builder.entity("double", Double);
+    /// let system = builder.spawn()?;
+    /// let double = system.handle(&double);
+    ///
+    /// // Two callers, each with its own answer.
+    /// let (a, b) = (double.ask(1)?, double.ask(2)?);
+    /// assert_eq!((b.first()?, a.first()?), (4, 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn ask(&self, body: I) -> Result<Reply<O>, SendError<I>> {
+        if self.core.is_current() {
+            return Err(SendError::new(ErrorKind::WouldDeadlock, self.core.name.clone(), body));
+        }
+        let (asker, reply) = Asker::pair(self.core.name.clone());
+        match self.send_external(Envelope::Ask(body, asker)) {
+            Ok(()) => Ok(reply),
+            Err((Envelope::Ask(body, asker), kind)) => {
+                asker.discard();
+                Err(SendError::new(kind, self.core.name.clone(), body))
+            }
+            Err(_) => unreachable!("an ask was sent"),
+        }
+    }
+
+    /// Asks the entity and waits for the first output of its answer (see [`ask`](Self::ask)).
+    ///
+    /// An entity that refuses the message gives the body back in [`AskError::Refused`]; a
+    /// handler that answers nothing, returns `Err` or panics ends in [`AskError::Reply`].
+    pub fn call(&self, body: I) -> Result<O, AskError<I>> {
+        Ok(self.ask(body)?.first()?)
+    }
+
+    /// [`call`](Self::call) that waits at most `timeout` for the answer.
+    pub fn call_timeout(&self, body: I, timeout: Duration) -> Result<O, AskError<I>> {
+        Ok(self.ask(body)?.first_timeout(timeout)?)
     }
 
     fn send_body(&self, body: I, wrap: fn(I) -> Envelope<I, O>) -> Result<(), SendError<I>> {

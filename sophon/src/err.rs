@@ -31,7 +31,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             ErrorKind::SystemGone => "its system is gone",
             ErrorKind::Stopped => "it has stopped",

@@ -387,3 +387,44 @@ fn from_env_needs_a_model_name() {
         "the HTTP model is not configured: `OPENAI_MODEL` is not set; set it to the server's model name"
     );
 }
+
+#[test]
+fn an_asked_model_streams_its_pieces_to_the_asker_only() {
+    let (release, gate) = sophon::crossbeam_channel::bounded(1);
+    let rest = vec![
+        delta("lo, "),
+        delta("world"),
+        r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#.into(),
+        "[DONE]".into(),
+    ];
+    let server = FakeServer::start(vec![Reply::Gated(vec![delta("Hel")], gate, rest), completion("Bye.")]);
+    // No stream target: asked, the model streams anyway, to the asker.
+    let h = harness(quick(&server.url));
+    let mut reply = h.model.ask("Say hello".into()).unwrap();
+    // The first piece arrives while the server still holds back the rest.
+    assert_eq!(reply.recv_timeout(WAIT).unwrap().as_deref(), Some("Hel"));
+    release.send(()).unwrap();
+    let rest: Vec<String> = reply.collect::<Result<_, _>>().unwrap();
+    assert_eq!(rest, ["lo, ", "world"]);
+    // A query after it goes to the siblings, and the model remembers the asked exchange.
+    h.model.query("Bye?".into()).unwrap();
+    assert_eq!(h.replies.recv_timeout(WAIT).unwrap(), "Bye.");
+    assert!(h.replies.try_recv().is_err(), "nothing of the ask reached the output");
+    assert!(h.system.shutdown(WAIT).is_clean());
+    let requests = server.requests();
+    assert_eq!(requests[0].body["stream"], true);
+    assert_eq!(requests[1].body["messages"][1]["content"], "Hello, world");
+}
+
+#[test]
+fn an_asked_model_that_fails_ends_the_reply_with_its_error() {
+    let server = FakeServer::start(vec![status(401, "bad key")]);
+    let h = harness(quick(&server.url));
+    let err = h.model.call("Hi".into()).unwrap_err();
+    let sophon::AskError::Reply(err) = err else { panic!("the ask was sent: {err}") };
+    assert_eq!(err.kind(), sophon::ReplyErrorKind::Failed);
+    assert!(err.to_string().starts_with("`model` failed to answer: "), "{err}");
+    assert!(std::error::Error::source(&err).is_some());
+    let report = h.system.shutdown(WAIT);
+    assert_eq!(report.entity("model").unwrap().stats.errors, 1);
+}

@@ -181,3 +181,19 @@ fn a_reply_streams_piece_by_piece_to_the_stream_target() {
     assert!(replies.try_recv().is_err(), "the whole reply goes once, to the others");
     assert!(system.shutdown(WAIT).is_clean());
 }
+
+#[test]
+fn an_asked_model_streams_its_tokens_to_the_asker_and_nothing_to_its_siblings() {
+    let options = ChatOptions::new().max_tokens(24).seed(3);
+    // The same question queried, for the reply to compare with.
+    let (system, model, replies) = spawn(load(options.clone()));
+    let queried = ask(&model, &replies, "Name three colours.");
+    assert!(system.shutdown(WAIT).is_clean());
+
+    let (system, model, replies) = spawn(load(options));
+    let pieces: Vec<String> = model.ask("Name three colours.".into()).unwrap().collect::<Result<_, _>>().unwrap();
+    assert!(pieces.len() > 3, "{pieces:?}");
+    assert_eq!(pieces.concat().trim(), queried);
+    assert!(replies.try_recv().is_err(), "an asked reply goes to the asker only");
+    assert!(system.shutdown(WAIT).is_clean());
+}

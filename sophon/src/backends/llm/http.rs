@@ -225,7 +225,7 @@ impl HttpLlm {
     /// Asks the server for the reply to `messages` (system prompt included), passing pieces on
     /// as they arrive when streaming.
     fn complete(&self, messages: &[Turn], stream: &mut Stream<'_>) -> Result<String, HttpError> {
-        let streaming = stream.target.is_some();
+        let streaming = stream.streaming();
         let mut body = json!({
             "model": self.model,
             "messages": messages

@@ -20,6 +20,10 @@
 //! goes to that sibling as soon as it is made, and the whole reply then goes to every other
 //! sibling. A display on a read edge is the usual stream target.
 //!
+//! Asked through [`Handle::ask`](crate::Handle::ask), a model always streams: each piece goes to
+//! the asker as it is made, and nothing goes to the siblings. Join the pieces for the whole
+//! reply: `model.ask(question)?.collect::<Result<String, _>>()?`.
+//!
 //! # Failures
 //!
 //! A failed generation (a server down, a bad key, a malformed reply) is the handler's error:
@@ -267,10 +271,21 @@ struct Stream<'a> {
 }
 
 impl Stream<'_> {
+    /// Whether the pieces go anywhere: to the stream target, or to the asker when asked.
+    #[cfg_attr(not(feature = "llm-http"), allow(dead_code, reason = "only the HTTP model asks for a stream"))]
+    fn streaming(&self) -> bool {
+        self.target.is_some() || self.ctx.is_asked()
+    }
+
     fn piece(&mut self, piece: &str) -> Result<(), crate::Error> {
+        if piece.is_empty() {
+            return Ok(());
+        }
         match self.target {
-            Some(target) if !piece.is_empty() => self.ctx.send_to(target, piece.to_owned()),
-            _ => Ok(()),
+            // While asked, every send goes to the asker.
+            _ if self.ctx.is_asked() => self.ctx.send(piece.to_owned()),
+            Some(target) => self.ctx.send_to(target, piece.to_owned()),
+            None => Ok(()),
         }
     }
 }
@@ -297,6 +312,8 @@ fn answer(
     };
     conversation.push(Turn::new(Role::Assistant, reply.clone()));
     match target {
+        // The asker has had every piece.
+        _ if ctx.is_asked() => {}
         Some(target) => ctx.send_except(target, reply)?,
         None => ctx.send(reply)?,
     }
