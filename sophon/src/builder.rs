@@ -14,7 +14,6 @@ use crate::entity::{Core, ErasedPort, Port};
 use crate::err::{BuildError, BuildProblem};
 use crate::restart::{Factory, FactoryOutput, Restart, Supervisor, boxed_factory};
 use crate::shared::Shared;
-use crate::system::System;
 
 static NEXT_BUILDER: AtomicU64 = AtomicU64::new(0);
 
@@ -99,7 +98,7 @@ impl EntityOptions {
 }
 
 /// What the builder keeps of an entity until it is spawned.
-trait PendingAgent: Send {
+pub(crate) trait PendingAgent: Send {
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn run(self: Box<Self>);
 }
@@ -114,11 +113,21 @@ impl<I: Send + 'static, O: Send + 'static> PendingAgent for Agent<I, O> {
     }
 }
 
-struct Pending {
-    name: Arc<str>,
-    port: Arc<dyn ErasedPort>,
+pub(crate) struct Pending {
+    pub(crate) name: Arc<str>,
+    pub(crate) port: Arc<dyn ErasedPort>,
     bounded: bool,
-    agent: Box<dyn PendingAgent>,
+    pub(crate) agent: Box<dyn PendingAgent>,
+}
+
+/// A graph that passed the checks, ready to start.
+pub(crate) struct Checked {
+    pub(crate) id: u64,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) entities: Vec<Pending>,
+    pub(crate) names: HashMap<Arc<str>, usize>,
+    /// `(from, to)` of every edge between entities.
+    pub(crate) edges: Vec<(usize, usize)>,
 }
 
 pub(crate) struct EdgeSpec {
@@ -476,48 +485,15 @@ impl SystemBuilder {
             .expect("a node's types are those of its entity")
     }
 
-    /// Checks the graph and starts one thread per entity, named `sophon:<name>`.
-    ///
-    /// Fails with every problem found: duplicate entity names, duplicate edges, nodes of another
-    /// builder, cycles of query edges not declared with [`loop_edge`](Self::loop_edge), loops
-    /// of bounded entities, bounded queues of capacity 0, restart policies without a factory,
-    /// and factories that failed.
-    pub fn spawn(mut self) -> Result<System, BuildError> {
+    /// Checks the graph: every problem found, or the entities and edges to start (see
+    /// `spawn`, in `system.rs`, which is what a builder makes).
+    pub(crate) fn check(mut self) -> Result<Checked, BuildError> {
         self.check_edges();
         if !self.problems.is_empty() {
             return Err(BuildError::new(self.problems));
         }
-        let SystemBuilder { id, shared, entities, names, edges, .. } = self;
-        let ports: Vec<_> = entities.iter().map(|e| e.port.clone()).collect();
-        shared.agents_started(entities.len());
-        let mut threads = Vec::with_capacity(entities.len());
-        let mut failed = None;
-        for pending in entities {
-            let thread = match failed {
-                Some(_) => None,
-                None => {
-                    let agent = pending.agent;
-                    let thread = std::thread::Builder::new().name(format!("sophon:{}", pending.name));
-                    thread.spawn(move || agent.run()).map_err(|e| failed = Some(e)).ok()
-                }
-            };
-            if thread.is_none() {
-                // Never started: as good as ended, for the shutdown of those that did.
-                pending.port.core().ended.store(true, std::sync::atomic::Ordering::Release);
-                shared.agent_ended();
-            }
-            threads.push(thread);
-        }
-        let edges: Vec<_> = edges.iter().map(|e| (e.from, e.to)).collect();
-        let system = System::new(id, ports, names, &edges, threads, shared);
-        match failed {
-            None => Ok(system),
-            Some(e) => {
-                // Dropping the system stops and joins the agents that did start.
-                drop(system);
-                Err(BuildError::new(vec![BuildProblem::Spawn(e)]))
-            }
-        }
+        let edges = self.edges.iter().map(|e| (e.from, e.to)).collect();
+        Ok(Checked { id: self.id, shared: self.shared, entities: self.entities, names: self.names, edges })
     }
 
     fn check_edges(&mut self) {

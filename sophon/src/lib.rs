@@ -3,7 +3,7 @@
 //! An agent is any component that takes messages and answers them: a language model, a person at
 //! a terminal, a database, a clock. sophon treats them all alike:
 //!
-//! - A [`Backend`] is what a component implements: a handler for each kind of [`Message`]
+//! - A [`Backend`] is what a component implements: a handler for each kind of message
 //!   (`Query`, answered to the agent's siblings; `Read`, taken in with no answer; `Nop`, clean
 //!   up and stop). Message bodies are your own types.
 //! - An entity is one running instance of a backend, with a UUID. You hold it through typed,
@@ -77,6 +77,12 @@
 #[allow(unused_extern_crates, reason = "lets `::sophon::` paths of macro expansions resolve inside this crate")]
 extern crate self as sophon;
 
+// The runtime's modules, each importing only from those before it: errors and handler kinds
+// (`err`, `message`); the state a system's agents share (`shared`) and the asker's end of a
+// reply (`reply`); the entity, its handles and queues, what a handler sees (`context`), the
+// trait the handlers implement (`backend`) and restart policies (`restart`), which refer to each
+// other as types only; the agent loop (`agent`); the builder (`builder`); and the running
+// system (`system`, which also holds `SystemBuilder::spawn`).
 mod agent;
 mod backend;
 pub mod backends;
@@ -99,7 +105,7 @@ pub use crate::builder::{EntityOptions, Node, SystemBuilder};
 pub use crate::context::{Context, EdgeKind, Sibling, TimerId};
 pub use crate::entity::{EntityState, Handle, Stats};
 pub use crate::err::{BoxError, BuildError, BuildProblem, Error, ErrorKind, SendError};
-pub use crate::message::{HandlerKind, Message};
+pub use crate::message::HandlerKind;
 pub use crate::reply::{AskError, Reply, ReplyError, ReplyErrorKind};
 pub use crate::restart::{FactoryOutput, Restart};
 pub use crate::shared::{Failure, PanicError};

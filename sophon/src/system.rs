@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use uuid::Uuid;
 
-use crate::builder::Node;
+use crate::builder::{Checked, Node, SystemBuilder};
 use crate::entity::{EntityState, ErasedPort, Handle, Port, Stats};
+use crate::err::{BuildError, BuildProblem};
 use crate::shared::{CLOSED, CLOSING, Failure, Shared};
 
 /// How long [`System::join`] and dropping a [`System`] wait for the system to go idle before
@@ -164,6 +165,48 @@ pub struct System {
     threads: Vec<Option<JoinHandle<()>>>,
     shared: Arc<Shared>,
     closed: bool,
+}
+
+// Here rather than in `builder.rs`, so that the builder need not know the system it makes.
+impl SystemBuilder {
+    /// Checks the graph and starts one thread per entity, named `sophon:<name>`.
+    ///
+    /// Fails with every problem found: duplicate entity names, duplicate edges, nodes of another
+    /// builder, cycles of query edges not declared with [`loop_edge`](SystemBuilder::loop_edge), loops
+    /// of bounded entities, bounded queues of capacity 0, restart policies without a factory,
+    /// and factories that failed.
+    pub fn spawn(self) -> Result<System, BuildError> {
+        let Checked { id, shared, entities, names, edges } = self.check()?;
+        let ports: Vec<_> = entities.iter().map(|e| e.port.clone()).collect();
+        shared.agents_started(entities.len());
+        let mut threads = Vec::with_capacity(entities.len());
+        let mut failed = None;
+        for pending in entities {
+            let thread = match failed {
+                Some(_) => None,
+                None => {
+                    let agent = pending.agent;
+                    let thread = std::thread::Builder::new().name(format!("sophon:{}", pending.name));
+                    thread.spawn(move || agent.run()).map_err(|e| failed = Some(e)).ok()
+                }
+            };
+            if thread.is_none() {
+                // Never started: as good as ended, for the shutdown of those that did.
+                pending.port.core().ended.store(true, std::sync::atomic::Ordering::Release);
+                shared.agent_ended();
+            }
+            threads.push(thread);
+        }
+        let system = System::new(id, ports, names, &edges, threads, shared);
+        match failed {
+            None => Ok(system),
+            Some(e) => {
+                // Dropping the system stops and joins the agents that did start.
+                drop(system);
+                Err(BuildError::new(vec![BuildProblem::Spawn(e)]))
+            }
+        }
+    }
 }
 
 impl fmt::Debug for System {
