@@ -112,11 +112,21 @@ pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `crossbeam_channel::Receiver` for each output, as fields named as declared, plus
 /// `shutdown(deadline)`, `join()` and `into_system()`; it derefs to `sophon::System`.
 ///
+/// That struct is local to the expansion. To return a system from a function or keep it in a
+/// field, name it: a first line `pub struct Chat;` (any visibility) makes the macro declare the
+/// struct `Chat` where it is invoked, with the same fields, and `Chat::spawn()` build and start
+/// it. What the entities' expressions need from outside comes in as the parameters of
+/// `spawn`, declared on that line: `pub struct Chat(model: LocalLlm, prompt: String);`. Each
+/// entity of a named system gives its backend's type (`model: LocalLlm = model;`), which types
+/// its handle field; `///` lines on entity and output lines document the fields.
+///
 /// # Grammar
 ///
 /// Statements end with `;`.
 ///
 /// ```text
+/// pub struct Name;                 first, if at all: a named system (see above)
+/// pub struct Name(a: A, b: B);     the same, whose `Name::spawn(a, b)` takes what entities need
 /// name = expr;                     an entity running the backend `expr`; its type is inferred
 /// name: Type = expr;               the same, with the backend's type written out
 /// #[bounded(16)] name = expr;      an entity option: queues of at most 16 messages each
@@ -129,10 +139,13 @@ pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
 /// a -> [b, c, d];                  fan-out: one edge to each target (also with `~>`)
 /// loop a -> b;                     a query edge that closes an intended loop (a conversation)
 /// a -> output(answers);            everything `a` sends, on a channel field `answers`
+/// /// Text.                        a doc comment, on any line: documents the entity's field
+/// #[cfg(feature = "x")]            on any line: an entity, and its edges, exist when it holds
 /// ```
 ///
 /// An edge `a -> b` needs `b`'s input to implement `From<a's output>`. Several entities may feed
-/// one output.
+/// one output. An edge exists when its own `#[cfg]`s and those of both its entities hold; the
+/// compile-time checks below look at the graph with every `#[cfg]` holding.
 ///
 /// # Checked at compile time
 ///
@@ -202,6 +215,41 @@ pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// let report = system.shutdown(Duration::from_secs(5));
 /// assert!(report.is_clean());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// A named system, returned from a function:
+///
+/// ```
+/// use std::time::Duration;
+/// use sophon::{agent_system, backend};
+///
+/// pub struct Scale(pub f64);
+///
+/// #[backend]
+/// impl Scale {
+///     fn query(&mut self, x: f64) -> f64 {
+///         x * self.0
+///     }
+/// }
+///
+/// agent_system! {
+///     /// Converts miles to kilometres.
+///     pub struct Converter(factor: f64);
+///     /// Scales what it is asked.
+///     scale: Scale = Scale(factor);
+///     scale -> output(scaled);
+/// }
+///
+/// fn converter() -> Result<Converter, sophon::BuildError> {
+///     Converter::spawn(1.609_344)
+/// }
+///
+/// let converter = converter()?;
+/// assert_eq!(converter.scale.call(10.0)?, 16.09344);
+/// converter.scale.query(1.0)?;
+/// assert_eq!(converter.scaled.recv()?, 1.609344);
+/// assert!(converter.shutdown(Duration::from_secs(5)).is_clean());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///

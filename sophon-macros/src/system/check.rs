@@ -3,26 +3,32 @@
 
 use std::collections::HashMap;
 
+use proc_macro2::TokenStream;
 use quote::quote;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Attribute, Expr, Lit, LitInt, Meta, MetaNameValue, Token};
 
 use super::graph::{Graph, Kind};
-use super::parse::{Arrow, Entity};
+use super::parse::{Arrow, Entity, Statement, SystemInput};
 use crate::errors::{Errors, closest};
 
 /// The options an entity may carry, e.g. `#[bounded(16)] worker = Worker::new();`.
-const OPTIONS: &[&str] = &["bounded", "restart"];
+const OPTIONS: &[&str] = &["bounded", "restart", "cfg", "doc"];
 
 /// How the options are written, for hints.
-const OPTIONS_HELP: &str = "`#[bounded(N)]`, `#[restart(max = N, within = DURATION)]`";
+const OPTIONS_HELP: &str =
+    "`#[bounded(N)]`, `#[restart(max = N, within = DURATION)]`, `#[cfg(PREDICATE)]` and `///` doc comments";
 
 /// An entity's options, as checked.
 #[derive(Default)]
 pub(super) struct Options {
     pub(super) bounded: Option<LitInt>,
     pub(super) restart: Option<RestartOption>,
+    /// `///` lines, for the entity's handle field.
+    pub(super) docs: Vec<Attribute>,
+    /// The predicates of its `#[cfg(..)]`s: the entity exists when all hold.
+    pub(super) cfgs: Vec<TokenStream>,
 }
 
 /// `#[restart(max = 5, within = 10s)]`: the most restarts, and the window in milliseconds.
@@ -31,8 +37,12 @@ pub(super) struct RestartOption {
     pub(super) within_ms: u64,
 }
 
-pub(super) fn check(graph: &Graph<'_>, errors: &mut Errors) -> Vec<Options> {
+pub(super) fn check(input: &SystemInput, graph: &Graph<'_>, errors: &mut Errors) -> Vec<Options> {
     let options: Vec<Options> = graph.entities.iter().map(|e| check_options(e, errors)).collect();
+    check_edge_attributes(input, errors);
+    if input.header.is_some() {
+        check_named_entities(graph, errors);
+    }
     check_loop_on_read_edges(graph, errors);
     check_outputs(graph, errors);
     check_duplicate_edges(graph, errors);
@@ -52,6 +62,11 @@ fn check_options(entity: &Entity, errors: &mut Errors) -> Options {
             quote!(#path).to_string().replace(' ', "")
         });
         match name.as_str() {
+            "doc" => options.docs.push(attr.clone()),
+            "cfg" => match cfg_predicate(attr) {
+                Some(predicate) => options.cfgs.push(predicate),
+                None => errors.spanned(attr, CFG_USAGE),
+            },
             "bounded" => {
                 if options.bounded.is_some() {
                     errors.spanned(attr, "option `bounded` is given twice; keep one");
@@ -83,6 +98,64 @@ fn check_options(entity: &Entity, errors: &mut Errors) -> Options {
         }
     }
     options
+}
+
+const CFG_USAGE: &str = "`cfg` takes a predicate, as on any item: `#[cfg(feature = \"sqlite\")]`";
+
+/// The predicate of `#[cfg(predicate)]`, if that is how it is written.
+fn cfg_predicate(attr: &Attribute) -> Option<TokenStream> {
+    match &attr.meta {
+        Meta::List(list) if !list.tokens.is_empty() => Some(list.tokens.clone()),
+        _ => None,
+    }
+}
+
+/// The predicates of every well-formed `#[cfg(..)]` among `attrs`.
+pub(super) fn cfg_predicates(attrs: &[Attribute]) -> Vec<TokenStream> {
+    attrs.iter().filter(|a| a.path().is_ident("cfg")).filter_map(cfg_predicate).collect()
+}
+
+// An edge line takes doc comments and `#[cfg(..)]` only: `#[cfg(feature = "log")] a ~> log;`.
+fn check_edge_attributes(input: &SystemInput, errors: &mut Errors) {
+    for statement in &input.statements {
+        let Statement::Edge(edge) = statement else { continue };
+        for attr in &edge.attrs {
+            if attr.path().is_ident("doc") {
+                continue;
+            }
+            if attr.path().is_ident("cfg") {
+                if cfg_predicate(attr).is_none() {
+                    errors.spanned(attr, CFG_USAGE);
+                }
+                continue;
+            }
+            let path = attr.path();
+            let name = quote!(#path).to_string().replace(' ', "");
+            let hint = if ["bounded", "restart"].contains(&name.as_str()) {
+                format!("; `#[{name}]` is an option of an entity: put it on the line that declares the entity")
+            } else {
+                String::new()
+            };
+            errors.spanned(
+                path,
+                format!("an edge takes only `///` doc comments and `#[cfg(..)]`, not `#[{name}]`{hint}"),
+            );
+        }
+    }
+}
+
+// A named system's fields are typed handles, so each entity names its backend's type:
+// `model: LocalLlm = LocalLlm::load(None, options)?;` rather than `model = ...`.
+fn check_named_entities(graph: &Graph<'_>, errors: &mut Errors) {
+    for entity in graph.entities.iter().filter(|e| e.ty.is_none()) {
+        let name = &entity.name;
+        errors.spanned(
+            name,
+            format!(
+                "entity `{name}` of a named system needs its backend's type, which types its handle field: `{name}: MyBackend = ...`"
+            ),
+        );
+    }
 }
 
 fn bounded_capacity(attr: &Attribute) -> Option<LitInt> {

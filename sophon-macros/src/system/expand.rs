@@ -8,8 +8,9 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::Ident;
 use syn::spanned::Spanned;
 
-use super::check::Options;
-use super::graph::{Graph, Kind};
+use super::check::{Options, cfg_predicates};
+use super::graph::{Graph, Kind, OutputRef};
+use super::parse::Header;
 
 /// A local of the expansion, placed at `at` in the user's source so that rustc's errors about it
 /// point there. Its `__sophon_` prefix keeps it apart from the user's own names.
@@ -17,8 +18,43 @@ fn local(prefix: &str, name: &Ident, at: Span) -> Ident {
     format_ident!("__sophon_{}_{}", prefix, name, span = at)
 }
 
-pub(super) fn expand(graph: &Graph<'_>, options: &[Options]) -> TokenStream {
+/// A `#[cfg(..)]` for code that exists when `condition` holds (nothing when it always does), and
+/// one for code that exists when it does not.
+fn cfg_attrs(condition: &Option<TokenStream>) -> (TokenStream, TokenStream) {
+    match condition {
+        Some(condition) => (quote!(#[cfg(#condition)]), quote!(#[cfg(not(#condition))])),
+        None => (TokenStream::new(), TokenStream::new()),
+    }
+}
+
+/// All of `predicates`, or `None` when there are none.
+fn all(predicates: Vec<TokenStream>) -> Option<TokenStream> {
+    if predicates.is_empty() { None } else { Some(quote!(all(#(#predicates),*))) }
+}
+
+/// A field of the system's struct: an entity's handle or an output's receiver.
+struct Field<'a> {
+    name: &'a Ident,
+    docs: Vec<syn::Attribute>,
+    /// When the field exists (from `#[cfg(..)]`s).
+    condition: Option<TokenStream>,
+    /// Its value, made from the spawned system.
+    value: TokenStream,
+    /// Its type, when the declaration gives it (a named system needs it).
+    ty: Option<TokenStream>,
+    /// Whether it is an output's receiver.
+    output: bool,
+}
+
+/// The builder calls, and the fields they make.
+struct Built<'a> {
+    body: TokenStream,
+    fields: Vec<Field<'a>>,
+}
+
+fn build<'a>(graph: &Graph<'a>, options: &[Options]) -> Built<'a> {
     let builder = Ident::new("__sophon_builder", Span::call_site());
+    let system = Ident::new("__sophon_system", Span::call_site());
     let mut seen = std::collections::HashSet::new();
     // Entities declared once keep their place; a repeated name (already reported) is skipped.
     let entities: Vec<(usize, &syn::Ident)> = graph
@@ -28,12 +64,14 @@ pub(super) fn expand(graph: &Graph<'_>, options: &[Options]) -> TokenStream {
         .filter(|(_, e)| seen.insert(e.name.to_string()))
         .map(|(i, e)| (i, &e.name))
         .collect();
+    let condition = |i: usize| all(options[i].cfgs.clone());
 
     let declare = entities.iter().map(|&(i, name)| {
         let entity = graph.entities[i];
         let node = local("node", name, name.span());
         let label = name.to_string();
         let expr = &entity.expr;
+        let (cfg, _) = cfg_attrs(&condition(i));
         let mut opts = quote!(::sophon::EntityOptions::new());
         if let Some(capacity) = &options[i].bounded {
             opts = quote!(#opts.bounded(#capacity));
@@ -50,8 +88,19 @@ pub(super) fn expand(graph: &Graph<'_>, options: &[Options]) -> TokenStream {
             (None, None) => quote!(::sophon::SystemBuilder::entity_with),
         };
         // Spanned at the expression: when it is not a backend (or a factory), rustc says so there.
-        quote_spanned!(expr.span()=> let #node = #entity_fn(&mut #builder, #label, #expr, #opts);)
+        let call = quote_spanned!(expr.span()=> #entity_fn(&mut #builder, #label, #expr, #opts));
+        quote!(#cfg let #node = #call;)
     });
+
+    // An edge exists when both its entities do, and its own `#[cfg(..)]`s hold.
+    let edge_condition = |from: usize, to: Option<usize>, attrs: &[syn::Attribute]| {
+        let mut predicates = options[from].cfgs.clone();
+        if let Some(to) = to {
+            predicates.extend(options[to].cfgs.iter().cloned());
+        }
+        predicates.extend(cfg_predicates(attrs));
+        all(predicates)
+    };
 
     let mut edge_seen = std::collections::HashSet::new();
     let edges = graph.edges.iter().filter(|e| edge_seen.insert((e.from, e.to))).map(|edge| {
@@ -62,50 +111,157 @@ pub(super) fn expand(graph: &Graph<'_>, options: &[Options]) -> TokenStream {
             Kind::Read => quote!(Read),
             Kind::Loop => quote!(Loop),
         };
+        let (cfg, _) = cfg_attrs(&edge_condition(edge.from, Some(edge.to), &edge.decl.attrs));
         // Spanned at the target: when the types do not fit, rustc's error lands on the edge.
-        quote_spanned! {edge.target.span()=>
-            ::sophon::__private::edge(&mut #builder, ::sophon::__private::EdgeKind::#kind, &#from, &#to);
-        }
+        let call = quote_spanned! {edge.target.span()=>
+            ::sophon::__private::edge(&mut #builder, ::sophon::__private::EdgeKind::#kind, &#from, &#to)
+        };
+        quote!(#cfg #call;)
     });
 
     // Outputs by name: several entities may feed one output.
-    let mut outputs: BTreeMap<String, (&Ident, Vec<usize>)> = BTreeMap::new();
+    let mut outputs: BTreeMap<String, (&Ident, Vec<&OutputRef<'_>>)> = BTreeMap::new();
     for output in &graph.outputs {
         if graph.entities.iter().any(|e| e.name == *output.name) {
             continue;
         }
-        outputs.entry(output.name.to_string()).or_insert((output.name, Vec::new())).1.push(output.from);
+        outputs.entry(output.name.to_string()).or_insert((output.name, Vec::new())).1.push(output);
     }
-    let output_channels = outputs.values().map(|(name, feeders)| {
-        let tx = local("tx", name, name.span());
-        let rx = local("rx", name, name.span());
-        let label = name.to_string();
-        let feeds = feeders.iter().map(|&from| {
-            let node = local("node", &graph.entities[from].name, name.span());
-            quote!(::sophon::SystemBuilder::output_to(&mut #builder, &#node, #label, ::core::clone::Clone::clone(&#tx));)
-        });
-        quote! {
-            let (#tx, #rx) = ::sophon::crossbeam_channel::unbounded();
-            #(#feeds)*
-            ::core::mem::drop(#tx);
-        }
-    });
-
-    let system = Ident::new("__sophon_system", Span::call_site());
-    let field_names: Vec<&Ident> =
-        entities.iter().map(|&(_, name)| name).chain(outputs.values().map(|(name, _)| *name)).collect();
-    let params: Vec<Ident> = (0..field_names.len()).map(|i| format_ident!("__T{}", i)).collect();
-    let field_values = entities
-        .iter()
-        .map(|&(_, name)| {
-            let node = local("node", name, name.span());
-            quote!(#name: ::sophon::System::handle(&#system, &#node))
-        })
-        .chain(outputs.values().map(|(name, _)| {
+    let mut output_fields = Vec::new();
+    let output_channels: Vec<TokenStream> = outputs
+        .values()
+        .map(|(name, feeders)| {
+            let tx = local("tx", name, name.span());
             let rx = local("rx", name, name.span());
-            quote!(#name: #rx)
-        }));
+            let label = name.to_string();
+            let conditions: Vec<Option<TokenStream>> =
+                feeders.iter().map(|o| edge_condition(o.from, None, &o.decl.attrs)).collect();
+            let feeds = feeders.iter().zip(&conditions).map(|(output, condition)| {
+                let node = local("node", &graph.entities[output.from].name, name.span());
+                let (cfg, _) = cfg_attrs(condition);
+                quote!(#cfg ::sophon::SystemBuilder::output_to(&mut #builder, &#node, #label, ::core::clone::Clone::clone(&#tx));)
+            });
+            // The output exists when any edge into it does.
+            let condition = if conditions.iter().any(Option::is_none) {
+                None
+            } else {
+                let each = conditions.iter().flatten();
+                Some(quote!(any(#(#each),*)))
+            };
+            let (cfg, _) = cfg_attrs(&condition);
+            let first = graph.entities[feeders[0].from];
+            output_fields.push(Field {
+                name,
+                docs: Vec::new(),
+                condition,
+                value: quote!(#rx),
+                ty: first.ty.as_ref().map(|ty| {
+                    quote!(::sophon::crossbeam_channel::Receiver<<#ty as ::sophon::IntoBackend>::Output>)
+                }),
+                output: true,
+            });
+            quote! {
+                #cfg let (#tx, #rx) = ::sophon::crossbeam_channel::unbounded();
+                #(#feeds)*
+                #cfg ::core::mem::drop(#tx);
+            }
+        })
+        .collect();
 
+    let mut fields: Vec<Field<'a>> = entities
+        .iter()
+        .map(|&(i, name)| {
+            let node = local("node", name, name.span());
+            let ty = graph.entities[i].ty.as_ref().map(|ty| {
+                quote!(::sophon::Handle<<#ty as ::sophon::IntoBackend>::Input, <#ty as ::sophon::IntoBackend>::Output>)
+            });
+            Field {
+                name,
+                docs: options[i].docs.clone(),
+                condition: condition(i),
+                value: quote!(::sophon::System::handle(&#system, &#node)),
+                ty,
+                output: false,
+            }
+        })
+        .collect();
+    fields.extend(output_fields);
+
+    let body = quote! {
+        let mut #builder = ::sophon::SystemBuilder::new();
+        #(#declare)*
+        #(#edges)*
+        #(#output_channels)*
+    };
+    Built { body, fields }
+}
+
+/// The construction of the system's struct `name` from the builder, as a `Result`.
+fn construct(built: &Built<'_>, name: &TokenStream, absent_fields: bool) -> TokenStream {
+    let builder = Ident::new("__sophon_builder", Span::call_site());
+    let system = Ident::new("__sophon_system", Span::call_site());
+    let values = built.fields.iter().enumerate().map(|(k, field)| {
+        let (cfg, not_cfg) = cfg_attrs(&field.condition);
+        let (name, value) = (field.name, &field.value);
+        let absent = if absent_fields && field.condition.is_some() {
+            let absent = format_ident!("__sophon_absent_{}", k);
+            quote!(#not_cfg #absent: ::core::marker::PhantomData::<()>,)
+        } else {
+            TokenStream::new()
+        };
+        quote!(#cfg #name: #value, #absent)
+    });
+    let body = &built.body;
+    quote! {
+        #body
+        ::core::result::Result::map(::sophon::SystemBuilder::spawn(#builder), |#system| #name {
+            #(#values)*
+            #system,
+        })
+    }
+}
+
+/// The methods and `Deref` both forms of system have.
+fn system_methods(vis: &TokenStream) -> TokenStream {
+    let system = Ident::new("__sophon_system", Span::call_site());
+    quote! {
+        /// Shuts the system down gracefully; see [`System::shutdown`](::sophon::System::shutdown).
+        #vis fn shutdown(self, deadline: ::core::time::Duration) -> ::sophon::Report {
+            ::sophon::System::shutdown(self.#system, deadline)
+        }
+
+        /// Waits for a stop request, then shuts down; see [`System::join`](::sophon::System::join).
+        #vis fn join(self) -> ::sophon::Report {
+            ::sophon::System::join(self.#system)
+        }
+
+        /// The system without the named handles.
+        #vis fn into_system(self) -> ::sophon::System {
+            self.#system
+        }
+    }
+}
+
+/// The anonymous form: a block that defines a local struct, generic over its fields' types, and
+/// evaluates to the spawned system.
+pub(super) fn expand(graph: &Graph<'_>, options: &[Options]) -> TokenStream {
+    let system = Ident::new("__sophon_system", Span::call_site());
+    let built = build(graph, options);
+    let params: Vec<Ident> = (0..built.fields.len()).map(|i| format_ident!("__T{}", i)).collect();
+    // A field that a `#[cfg(..)]` removes leaves its type parameter to a marker field instead.
+    let fields = built.fields.iter().zip(&params).enumerate().map(|(k, (field, param))| {
+        let (cfg, not_cfg) = cfg_attrs(&field.condition);
+        let (name, docs) = (field.name, &field.docs);
+        let absent = if field.condition.is_some() {
+            let absent = format_ident!("__sophon_absent_{}", k);
+            quote!(#not_cfg #absent: ::core::marker::PhantomData<#param>,)
+        } else {
+            TokenStream::new()
+        };
+        quote!(#(#docs)* #cfg #name: #param, #absent)
+    });
+    let methods = system_methods(&TokenStream::new());
+    let construct = construct(&built, &quote!(AgentSystem), true);
     quote! {{
         /// A running system declared with `agent_system!`: a handle per entity and a receiver
         /// per output, by the names declared, and the [`System`](::sophon::System) itself
@@ -113,26 +269,13 @@ pub(super) fn expand(graph: &Graph<'_>, options: &[Options]) -> TokenStream {
         #[derive(Debug)]
         #[allow(dead_code, reason = "a system need not use every handle")]
         struct AgentSystem<#(#params),*> {
-            #(#field_names: #params,)*
+            #(#fields)*
             #system: ::sophon::System,
         }
 
         #[allow(dead_code, reason = "a system need not use every method")]
         impl<#(#params),*> AgentSystem<#(#params),*> {
-            /// Shuts the system down gracefully; see [`System::shutdown`](::sophon::System::shutdown).
-            fn shutdown(self, deadline: ::core::time::Duration) -> ::sophon::Report {
-                ::sophon::System::shutdown(self.#system, deadline)
-            }
-
-            /// Waits for a stop request, then shuts down; see [`System::join`](::sophon::System::join).
-            fn join(self) -> ::sophon::Report {
-                ::sophon::System::join(self.#system)
-            }
-
-            /// The system without the named handles.
-            fn into_system(self) -> ::sophon::System {
-                self.#system
-            }
+            #methods
         }
 
         impl<#(#params),*> ::core::ops::Deref for AgentSystem<#(#params),*> {
@@ -143,13 +286,74 @@ pub(super) fn expand(graph: &Graph<'_>, options: &[Options]) -> TokenStream {
             }
         }
 
-        let mut #builder = ::sophon::SystemBuilder::new();
-        #(#declare)*
-        #(#edges)*
-        #(#output_channels)*
-        ::core::result::Result::map(::sophon::SystemBuilder::spawn(#builder), |#system| AgentSystem {
-            #(#field_values,)*
-            #system,
-        })
+        #construct
     }}
+}
+
+/// The named form: a struct of the given name and visibility whose `spawn` builds and starts the
+/// system. Its fields are typed by the entities' declared backend types.
+pub(super) fn expand_named(header: &Header, graph: &Graph<'_>, options: &[Options]) -> TokenStream {
+    let system = Ident::new("__sophon_system", Span::call_site());
+    let mut built = build(graph, options);
+    // An entity without a type (already reported) has no field.
+    built.fields.retain(|f| f.ty.is_some());
+    let (name, vis, attrs) = (&header.name, &header.vis, &header.attrs);
+    let vis_tokens = quote!(#vis);
+    let fields = built.fields.iter().map(|field| {
+        let (cfg, _) = cfg_attrs(&field.condition);
+        let (field_name, ty) = (field.name, &field.ty);
+        let docs = if field.docs.is_empty() {
+            let doc = if field.output {
+                format!("What the system sends to its output `{field_name}`.")
+            } else {
+                format!("The handle of entity `{field_name}`.")
+            };
+            quote!(#[doc = #doc])
+        } else {
+            let docs = &field.docs;
+            quote!(#(#docs)*)
+        };
+        quote!(#docs #cfg #vis #field_name: #ty,)
+    });
+    let params = header.params.iter().map(|p| {
+        let (name, ty) = (&p.name, &p.ty);
+        quote!(#name: #ty)
+    });
+    let struct_docs = if attrs.iter().any(|a| a.path().is_ident("doc")) {
+        TokenStream::new()
+    } else {
+        let doc = format!("The agent system `{name}`, declared with `agent_system!`.");
+        quote!(#[doc = #doc])
+    };
+    let methods = system_methods(&vis_tokens);
+    let construct = construct(&built, &quote!(#name), false);
+    let spawn_doc = "Builds the system and starts its agents, one thread each; fails as \
+                     [`SystemBuilder::spawn`](::sophon::SystemBuilder::spawn) does.";
+    quote! {
+        #struct_docs
+        #(#attrs)*
+        #[derive(Debug)]
+        #vis struct #name {
+            #(#fields)*
+            #system: ::sophon::System,
+        }
+
+        #[allow(dead_code, reason = "a system need not use every method")]
+        impl #name {
+            #[doc = #spawn_doc]
+            #vis fn spawn(#(#params),*) -> ::core::result::Result<Self, ::sophon::BuildError> {
+                #construct
+            }
+
+            #methods
+        }
+
+        impl ::core::ops::Deref for #name {
+            type Target = ::sophon::System;
+
+            fn deref(&self) -> &::sophon::System {
+                &self.#system
+            }
+        }
+    }
 }

@@ -16,8 +16,16 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     };
     let mut errors = Errors::default();
     let graph = graph::Graph::build(&input, &mut errors);
-    let options = check::check(&graph, &mut errors);
-    let expanded = expand::expand(&graph, &options);
+    let options = check::check(&input, &graph, &mut errors);
     let compile_errors = errors.to_compile_errors();
-    quote::quote!({ #compile_errors #expanded })
+    match &input.header {
+        Some(header) => {
+            let expanded = expand::expand_named(header, &graph, &options);
+            quote::quote!(#compile_errors #expanded)
+        }
+        None => {
+            let expanded = expand::expand(&graph, &options);
+            quote::quote!({ #compile_errors #expanded })
+        }
+    }
 }

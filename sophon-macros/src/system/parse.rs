@@ -2,11 +2,13 @@
 //! check.
 //!
 //! ```text
-//! system    := statement (';' statement)* ';'?
+//! system    := (header ';')? statement (';' statement)* ';'?
+//! header    := attribute* VISIBILITY 'struct' IDENT ('(' param (',' param)* ','? ')')?
+//! param     := IDENT ':' TYPE
 //! statement := entity | edge
-//! entity    := option* IDENT (':' TYPE)? '=' EXPR
-//! option    := '#' '[' IDENT ('(' TOKENS ')')? ']'
-//! edge      := 'loop'? IDENT arrow targets
+//! entity    := attribute* IDENT (':' TYPE)? '=' EXPR
+//! attribute := '#' '[' IDENT ('(' TOKENS ')')? ']' | '///' doc comment
+//! edge      := attribute* 'loop'? IDENT arrow targets
 //! arrow     := '->' (query) | '~>' (read)
 //! targets   := target | '[' target (',' target)* ','? ']'
 //! target    := IDENT | 'output' '(' IDENT ')'
@@ -15,14 +17,30 @@
 use proc_macro2::TokenStream;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
-use syn::{Attribute, Expr, Ident, Token, Type, bracketed, parenthesized};
+use syn::{Attribute, Expr, Ident, Token, Type, Visibility, bracketed, parenthesized};
 
 mod kw {
     syn::custom_keyword!(output);
 }
 
 pub(super) struct SystemInput {
+    /// `pub struct Chat(..);`: the system is a named struct, declared where the macro is.
+    pub(super) header: Option<Header>,
     pub(super) statements: Vec<Statement>,
+}
+
+/// The first line of a named system.
+pub(super) struct Header {
+    pub(super) attrs: Vec<Attribute>,
+    pub(super) vis: Visibility,
+    pub(super) name: Ident,
+    /// What `spawn` takes, for the entities' expressions to use.
+    pub(super) params: Vec<Param>,
+}
+
+pub(super) struct Param {
+    pub(super) name: Ident,
+    pub(super) ty: Type,
 }
 
 pub(super) enum Statement {
@@ -38,6 +56,8 @@ pub(super) struct Entity {
 }
 
 pub(super) struct Edge {
+    /// Doc comments and `#[cfg(..)]`, checked later.
+    pub(super) attrs: Vec<Attribute>,
     pub(super) loop_token: Option<Token![loop]>,
     pub(super) from: Ident,
     pub(super) arrow: Arrow,
@@ -80,6 +100,15 @@ impl quote::ToTokens for Target {
 
 impl Parse for SystemInput {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let header = if starts_header(input) {
+            let header = input.parse()?;
+            if !input.is_empty() {
+                input.parse::<Token![;]>()?;
+            }
+            Some(header)
+        } else {
+            None
+        };
         let mut statements = Vec::new();
         while !input.is_empty() {
             statements.push(input.parse()?);
@@ -88,17 +117,81 @@ impl Parse for SystemInput {
             }
             input.parse::<Token![;]>()?;
         }
-        Ok(SystemInput { statements })
+        Ok(SystemInput { header, statements })
+    }
+}
+
+/// Whether the input begins with `[attributes] [pub] struct`.
+fn starts_header(input: ParseStream<'_>) -> bool {
+    let fork = input.fork();
+    if fork.call(Attribute::parse_outer).is_err() || fork.parse::<Visibility>().is_err() {
+        return false;
+    }
+    fork.peek(Token![struct])
+}
+
+impl Parse for Header {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis = input.parse()?;
+        input.parse::<Token![struct]>()?;
+        let name: Ident = input.parse()?;
+        if input.peek(Token![<]) {
+            return Err(input.error(format!(
+                "a named system takes no generic parameters: its fields are the entities' handles, typed by their backends; write `struct {name};`"
+            )));
+        }
+        if input.peek(syn::token::Brace) {
+            return Err(input.error(format!(
+                "a named system's fields are its entities and outputs, declared after it; write `struct {name};`, or `struct {name}(param: Type, ..);` for what `{name}::spawn` takes"
+            )));
+        }
+        let mut params = Vec::new();
+        if input.peek(syn::token::Paren) {
+            let content;
+            parenthesized!(content in input);
+            for param in Punctuated::<Param, Token![,]>::parse_terminated(&content)? {
+                params.push(param);
+            }
+        }
+        if !input.is_empty() && !input.peek(Token![;]) {
+            return Err(input.error(format!("expected `;` after `struct {name}`")));
+        }
+        Ok(Header { attrs, vis, name, params })
+    }
+}
+
+impl Parse for Param {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        if !input.peek(Ident) || !input.peek2(Token![:]) {
+            return Err(input.error(
+                "expected a parameter of `spawn`, `name: Type`, as in `struct Chat(model: LocalLlm, prompt: String);`",
+            ));
+        }
+        let name = input.parse()?;
+        input.parse::<Token![:]>()?;
+        let ty = input.parse()?;
+        Ok(Param { name, ty })
     }
 }
 
 impl Parse for Statement {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        if input.peek(Token![#]) || (input.peek(Ident) && (input.peek2(Token![:]) || input.peek2(Token![=]))) {
-            return input.parse().map(|e| Statement::Entity(Box::new(e)));
+        let attrs = input.call(Attribute::parse_outer)?;
+        if input.peek(Token![pub]) || input.peek(Token![struct]) {
+            return Err(input.error(
+                "a named system's `struct` line comes first, before its entities and edges: `pub struct Chat;`",
+            ));
+        }
+        if input.peek(Ident) && (input.peek2(Token![:]) || input.peek2(Token![=])) {
+            let mut entity: Entity = input.parse()?;
+            entity.options = attrs;
+            return Ok(Statement::Entity(Box::new(entity)));
         }
         if input.peek(Token![loop]) || (input.peek(Ident) && (input.peek2(Token![->]) || input.peek2(Token![~]))) {
-            return input.parse().map(Statement::Edge);
+            let mut edge: Edge = input.parse()?;
+            edge.attrs = attrs;
+            return Ok(Statement::Edge(edge));
         }
         if input.peek(Ident) {
             let fork = input.fork();
@@ -131,6 +224,7 @@ impl Parse for Entity {
 
 impl Parse for Edge {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
         let loop_token = input.parse()?;
         let from = input.parse()?;
         let lookahead = input.lookahead1();
@@ -152,7 +246,7 @@ impl Parse for Edge {
         } else {
             vec![input.parse()?]
         };
-        Ok(Edge { loop_token, from, arrow, targets })
+        Ok(Edge { attrs, loop_token, from, arrow, targets })
     }
 }
 

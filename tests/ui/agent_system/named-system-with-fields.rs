@@ -1,0 +1,20 @@
+// A named system is declared with fields, as a plain struct would be.
+use sophon::{agent_system, backend};
+
+struct Add(i64);
+
+#[backend]
+impl Add {
+    fn query(&mut self, n: i64) -> i64 {
+        n + self.0
+    }
+}
+
+agent_system! {
+    pub struct Adder {
+        first: Add,
+    }
+    first: Add = Add(1);
+}
+
+fn main() {}
