@@ -17,6 +17,11 @@ impl Errors {
         self.errors.push(syn::Error::new_spanned(tokens, message));
     }
 
+    /// Whether any error was found.
+    pub(crate) fn any(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
     /// Every error as `compile_error!` invocations.
     pub(crate) fn to_compile_errors(&self) -> TokenStream {
         self.errors.iter().map(syn::Error::to_compile_error).collect()

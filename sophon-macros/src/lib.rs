@@ -13,6 +13,7 @@
 
 mod backend;
 mod errors;
+mod ports;
 mod system;
 
 use proc_macro::TokenStream;
@@ -294,4 +295,15 @@ pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro]
 pub fn agent_system(input: TokenStream) -> TokenStream {
     system::expand(input.into()).into()
+}
+
+/// Derives `sophon::Ports` for an enum whose variants are a backend's output ports.
+///
+/// Each variant is a port named after it in snake case, carrying the variant's one value
+/// (`Done(u64)` is the port `done`, carrying a `u64`; a unit variant carries `()`). The derive
+/// also makes a struct `<Enum>Ports` with an `OutPort` field per port, returned by
+/// `Enum::ports()`. See the `Ports` trait in sophon for the whole story and an example.
+#[proc_macro_derive(Ports)]
+pub fn derive_ports(input: TokenStream) -> TokenStream {
+    ports::expand(input.into()).into()
 }

@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::agent::{Agent, vacant};
 use crate::backend::{BoxBackend, IntoBackend};
-use crate::context::{EdgeKind, Outlet, OutputOutlet, QueryOutlet, ReadOutlet, Sibling};
+use crate::context::{EdgeKind, Outlet, OutputOutlet, PortOutlet, QueryOutlet, ReadOutlet, Sibling};
 use crate::entity::{Core, ErasedPort, Port};
 use crate::err::{BuildError, BuildProblem};
+use crate::ports::{OutPort, Ports};
 use crate::restart::{Factory, FactoryOutput, Restart, Supervisor, boxed_factory};
 use crate::shared::Shared;
 
@@ -133,6 +134,8 @@ pub(crate) struct Checked {
 pub(crate) struct EdgeSpec {
     pub(crate) from: usize,
     pub(crate) to: usize,
+    /// The output port it is attached to, if not the whole output.
+    port: Option<usize>,
     kind: EdgeKind,
     intended_loop: bool,
 }
@@ -397,21 +400,119 @@ impl SystemBuilder {
         I2: From<O> + Send + 'static,
         O2: Send + 'static,
     {
+        self.link(from, None, to, kind, intended_loop, |outlet| outlet)
+    }
+
+    /// Adds an edge from `from` (or from one of its ports) to `to`: `wrap` turns an outlet of
+    /// what the edge carries, `T`, into one of `from`'s output.
+    fn link<I, O, T, I2, O2>(
+        &mut self,
+        from: &Node<I, O>,
+        port: Option<(usize, &'static str)>,
+        to: &Node<I2, O2>,
+        kind: EdgeKind,
+        intended_loop: bool,
+        wrap: impl FnOnce(Box<dyn Outlet<T>>) -> Box<dyn Outlet<O>>,
+    ) -> &mut Self
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+        T: Send + 'static,
+        I2: From<T> + Send + 'static,
+        O2: Send + 'static,
+    {
         if from.builder != self.id || to.builder != self.id {
             self.problems.push(BuildProblem::ForeignNode);
             return self;
         }
         let target = &self.entities[to.index];
-        let port =
+        let target_port =
             target.port.clone().as_any().downcast::<Port<I2, O2>>().expect("a node's types are those of its entity");
-        let outlet: Box<dyn Outlet<O>> = match kind {
-            EdgeKind::Read => Box::new(ReadOutlet::new(&port)),
-            _ => Box::new(QueryOutlet::new(&port)),
+        let outlet: Box<dyn Outlet<T>> = match kind {
+            EdgeKind::Read => Box::new(ReadOutlet::new(&target_port)),
+            _ => Box::new(QueryOutlet::new(&target_port)),
         };
-        let sibling = Sibling::new(target.name.clone(), Some(port.core.id), kind, outlet);
+        let sibling = Sibling::new(target.name.clone(), Some(target_port.core.id), kind, port, wrap(outlet));
         self.agent_mut(from).ctx.add_sibling(sibling);
-        self.edges.push(EdgeSpec { from: from.index, to: to.index, kind, intended_loop });
+        let port = port.map(|(index, _)| index);
+        self.edges.push(EdgeSpec { from: from.index, to: to.index, port, kind, intended_loop });
         self
+    }
+
+    /// Adds a query edge from one output port of `from`: `to` gets what `from` sends through
+    /// `port`, as a query (see [`Ports`]).
+    pub fn port_query_edge<I, O, T, M, I2, O2>(
+        &mut self,
+        from: &Node<I, O>,
+        port: OutPort<O, T, M>,
+        to: &Node<I2, O2>,
+    ) -> &mut Self
+    where
+        I: Send + 'static,
+        O: Ports,
+        T: Send + 'static,
+        I2: From<T> + Send + 'static,
+        O2: Send + 'static,
+    {
+        self.port_link(from, port, to, EdgeKind::Query, false)
+    }
+
+    /// Adds a read edge from one output port of `from` (see [`port_query_edge`](Self::port_query_edge)).
+    pub fn port_read_edge<I, O, T, M, I2, O2>(
+        &mut self,
+        from: &Node<I, O>,
+        port: OutPort<O, T, M>,
+        to: &Node<I2, O2>,
+    ) -> &mut Self
+    where
+        I: Send + 'static,
+        O: Ports,
+        T: Send + 'static,
+        I2: From<T> + Send + 'static,
+        O2: Send + 'static,
+    {
+        self.port_link(from, port, to, EdgeKind::Read, false)
+    }
+
+    /// Adds a query edge from one output port of `from` that closes an intended loop (see
+    /// [`loop_edge`](Self::loop_edge)).
+    pub fn port_loop_edge<I, O, T, M, I2, O2>(
+        &mut self,
+        from: &Node<I, O>,
+        port: OutPort<O, T, M>,
+        to: &Node<I2, O2>,
+    ) -> &mut Self
+    where
+        I: Send + 'static,
+        O: Ports,
+        T: Send + 'static,
+        I2: From<T> + Send + 'static,
+        O2: Send + 'static,
+    {
+        self.port_link(from, port, to, EdgeKind::Query, true)
+    }
+
+    fn port_link<I, O, T, M, I2, O2>(
+        &mut self,
+        from: &Node<I, O>,
+        port: OutPort<O, T, M>,
+        to: &Node<I2, O2>,
+        kind: EdgeKind,
+        intended_loop: bool,
+    ) -> &mut Self
+    where
+        I: Send + 'static,
+        O: Ports,
+        T: Send + 'static,
+        I2: From<T> + Send + 'static,
+        O2: Send + 'static,
+    {
+        if from.builder == self.id {
+            self.agent_mut(from).ctx.route_by(O::port);
+        }
+        let extract = port.extractor();
+        let wrap = move |inner| -> Box<dyn Outlet<O>> { Box::new(PortOutlet { extract, inner }) };
+        self.link(from, Some((port.index(), port.name())), to, kind, intended_loop, wrap)
     }
 
     /// Adds an output: a channel out of the system that gets everything `from` sends, as a
@@ -472,8 +573,57 @@ impl SystemBuilder {
     ) -> &mut Self {
         assert_eq!(from.builder, self.id, "the node comes from another builder");
         let outlet = OutputOutlet { tx, shared: self.shared.clone() };
-        let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, Box::new(outlet));
+        let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, None, Box::new(outlet));
         self.agent_mut(from).ctx.add_sibling(sibling);
+        self
+    }
+
+    /// Adds an output that gets what `from` sends through one of its ports (see [`Ports`]).
+    ///
+    /// # Panics
+    ///
+    /// If `from` comes from another builder.
+    pub fn port_output<I, O, T, M>(
+        &mut self,
+        from: &Node<I, O>,
+        port: OutPort<O, T, M>,
+        name: &str,
+    ) -> crossbeam_channel::Receiver<T>
+    where
+        I: Send + 'static,
+        O: Ports,
+        T: Send + 'static,
+    {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.port_output_to(from, port, name, tx);
+        rx
+    }
+
+    /// Like [`port_output`](Self::port_output), into a channel of the caller's.
+    ///
+    /// # Panics
+    ///
+    /// If `from` comes from another builder.
+    pub fn port_output_to<I, O, T, M>(
+        &mut self,
+        from: &Node<I, O>,
+        port: OutPort<O, T, M>,
+        name: &str,
+        tx: crossbeam_channel::Sender<T>,
+    ) -> &mut Self
+    where
+        I: Send + 'static,
+        O: Ports,
+        T: Send + 'static,
+    {
+        assert_eq!(from.builder, self.id, "the node comes from another builder");
+        let inner = Box::new(OutputOutlet { tx, shared: self.shared.clone() });
+        let outlet = PortOutlet { extract: port.extractor(), inner };
+        let port = Some((port.index(), port.name()));
+        let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, port, Box::new(outlet));
+        let ctx = &mut self.agent_mut(from).ctx;
+        ctx.route_by(O::port);
+        ctx.add_sibling(sibling);
         self
     }
 
@@ -498,9 +648,17 @@ impl SystemBuilder {
 
     fn check_edges(&mut self) {
         let name = |i: usize| self.entities[i].name.to_string();
-        let mut seen = HashSet::new();
+        // Two edges between the same entities deliver twice, unless they come from different
+        // ports.
+        let mut seen: HashSet<(usize, usize, Option<usize>)> = HashSet::new();
         for edge in &self.edges {
-            if !seen.insert((edge.from, edge.to)) {
+            let clash = seen.contains(&(edge.from, edge.to, edge.port))
+                || match edge.port {
+                    Some(_) => seen.contains(&(edge.from, edge.to, None)),
+                    None => seen.iter().any(|&(from, to, _)| (from, to) == (edge.from, edge.to)),
+                };
+            seen.insert((edge.from, edge.to, edge.port));
+            if clash {
                 self.problems.push(BuildProblem::DuplicateEdge { from: name(edge.from), to: name(edge.to) });
             }
         }

@@ -116,17 +116,53 @@ impl<O: Send> Outlet<O> for OutputOutlet<O> {
     }
 }
 
+/// An edge attached to one output port: it takes the port's value out of the variant and
+/// passes it on.
+pub(crate) struct PortOutlet<O, T> {
+    pub(crate) extract: fn(O) -> T,
+    pub(crate) inner: Box<dyn Outlet<T>>,
+}
+
+impl<O: Send, T: Send> Outlet<O> for PortOutlet<O, T> {
+    fn send(&self, out: O) -> Result<(), ErrorKind> {
+        self.inner.send((self.extract)(out))
+    }
+}
+
 /// One outgoing edge of an agent.
 pub struct Sibling<O> {
     name: Arc<str>,
     id: Option<Uuid>,
     kind: EdgeKind,
+    /// The output port the edge is attached to (index and name), if not the whole output.
+    port: Option<(usize, &'static str)>,
     outlet: Box<dyn Outlet<O>>,
 }
 
 impl<O> Sibling<O> {
-    pub(crate) fn new(name: Arc<str>, id: Option<Uuid>, kind: EdgeKind, outlet: Box<dyn Outlet<O>>) -> Self {
-        Sibling { name, id, kind, outlet }
+    pub(crate) fn new(
+        name: Arc<str>,
+        id: Option<Uuid>,
+        kind: EdgeKind,
+        port: Option<(usize, &'static str)>,
+        outlet: Box<dyn Outlet<O>>,
+    ) -> Self {
+        Sibling { name, id, kind, port, outlet }
+    }
+
+    /// The output port the edge is attached to (see [`Ports`](crate::Ports)); `None` when it
+    /// gets everything the agent sends.
+    pub fn port(&self) -> Option<&'static str> {
+        self.port.map(|(_, name)| name)
+    }
+
+    /// Whether the edge takes a value sent through `port` (`None`: an output without ports).
+    #[inline]
+    fn takes(&self, port: Option<usize>) -> bool {
+        match self.port {
+            None => true,
+            Some((index, _)) => port == Some(index),
+        }
     }
 
     /// The name of the entity (or output) at the end of the edge.
@@ -147,7 +183,11 @@ impl<O> Sibling<O> {
 
 impl<O> fmt::Debug for Sibling<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sibling").field("name", &self.name).field("kind", &self.kind).finish_non_exhaustive()
+        f.debug_struct("Sibling")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("port", &self.port())
+            .finish_non_exhaustive()
     }
 }
 
@@ -168,6 +208,12 @@ struct Timer {
 /// agent's thread for as long as the agent runs.
 pub struct Context<O> {
     siblings: Vec<Sibling<O>>,
+    /// Exactly one sibling, which takes everything: `send`'s fast path.
+    single: bool,
+    /// The port of an output value, once an edge is attached to a port (see [`Ports`]).
+    ///
+    /// [`Ports`]: crate::Ports
+    port_of: Option<fn(&O) -> usize>,
     core: Arc<Core>,
     /// Mirror of `core.counters.sent`, which only this agent writes.
     sent: u64,
@@ -193,11 +239,33 @@ impl<O> fmt::Debug for Context<O> {
 
 impl<O: Send + 'static> Context<O> {
     pub(crate) fn new(core: Arc<Core>) -> Self {
-        Context { siblings: Vec::new(), core, sent: 0, outputs: 0, timers: Vec::new(), next_timer: 0, asker: None }
+        Context {
+            siblings: Vec::new(),
+            single: false,
+            port_of: None,
+            core,
+            sent: 0,
+            outputs: 0,
+            timers: Vec::new(),
+            next_timer: 0,
+            asker: None,
+        }
     }
 
     pub(crate) fn add_sibling(&mut self, sibling: Sibling<O>) {
         self.siblings.push(sibling);
+        self.single = self.siblings.len() == 1 && self.siblings[0].port.is_none();
+    }
+
+    /// Routes outputs by port from now on: `port_of` tells the port of a value.
+    pub(crate) fn route_by(&mut self, port_of: fn(&O) -> usize) {
+        self.port_of = Some(port_of);
+    }
+
+    /// The port of `out`, if the output has ports that edges are attached to.
+    #[inline]
+    fn port_of(&self, out: &O) -> Option<usize> {
+        self.port_of.map(|port_of| port_of(out))
     }
 
     /// The name of this agent's entity.
@@ -282,7 +350,7 @@ impl<O: Send + 'static> Context<O> {
         if self.asker.is_some() {
             return self.answer(out);
         }
-        if self.siblings.len() == 1 {
+        if self.single {
             self.count_sent(1);
             Self::deliver(&self.siblings[0], out, &self.core, &mut self.sent, &mut self.outputs)
         } else {
@@ -290,34 +358,47 @@ impl<O: Send + 'static> Context<O> {
         }
     }
 
-    /// [`send`](Self::send) to any number of siblings but one.
+    /// [`send`](Self::send) to any number of siblings, or to one attached to a port.
     fn broadcast(&mut self, out: O) -> Result<(), Error>
     where
         O: Clone,
     {
-        if self.siblings.is_empty() {
+        let port = self.port_of(&out);
+        self.send_matching(out, |s| s.takes(port))
+    }
+
+    /// Sends `out` to every sibling that `matches`, each a clone and the last the value itself,
+    /// and returns the first refusal.
+    fn send_matching(&mut self, out: O, matches: impl Fn(&Sibling<O>) -> bool) -> Result<(), Error>
+    where
+        O: Clone,
+    {
+        let count = self.siblings.iter().filter(|s| matches(s)).count();
+        if count == 0 {
             return Ok(());
         }
-        self.count_sent(self.siblings.len() as u64);
-        let (last, rest) = self.siblings.split_last().expect("not empty");
+        self.count_sent(count as u64);
         let mut first_err = None;
-        for sibling in rest {
-            if let Err(e) = Self::deliver(sibling, out.clone(), &self.core, &mut self.sent, &mut self.outputs) {
+        let mut out = Some(out);
+        let mut left = count;
+        for sibling in self.siblings.iter().filter(|s| matches(s)) {
+            left -= 1;
+            let body = if left == 0 { out.take() } else { out.clone() }.expect("taken only by the last");
+            if let Err(e) = Self::deliver(sibling, body, &self.core, &mut self.sent, &mut self.outputs) {
                 first_err.get_or_insert(e);
             }
-        }
-        if let Err(e) = Self::deliver(last, out, &self.core, &mut self.sent, &mut self.outputs) {
-            first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Sends `out` to the sibling called `name` only, moving it.
+    /// Sends `out` to the sibling called `name` only, moving it. When the output has ports, the
+    /// sibling must take `out`'s port (an edge of the whole output takes every port).
     pub fn send_to(&mut self, name: &str, out: O) -> Result<(), Error> {
         if self.asker.is_some() {
             return self.answer(out);
         }
-        let Some(i) = self.siblings.iter().position(|s| &*s.name == name) else {
+        let port = self.port_of(&out);
+        let Some(i) = self.siblings.iter().position(|s| &*s.name == name && s.takes(port)) else {
             return Err(Error::new(ErrorKind::UnknownSibling, Arc::from(name)));
         };
         self.count_sent(1);
@@ -333,22 +414,8 @@ impl<O: Send + 'static> Context<O> {
         if self.asker.is_some() {
             return self.answer(out);
         }
-        let count = self.siblings.iter().filter(|s| &*s.name != name).count();
-        if count == 0 {
-            return Ok(());
-        }
-        self.count_sent(count as u64);
-        let mut first_err = None;
-        let mut out = Some(out);
-        let mut left = count;
-        for sibling in self.siblings.iter().filter(|s| &*s.name != name) {
-            left -= 1;
-            let body = if left == 0 { out.take() } else { out.clone() }.expect("taken only by the last");
-            if let Err(e) = Self::deliver(sibling, body, &self.core, &mut self.sent, &mut self.outputs) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        let port = self.port_of(&out);
+        self.send_matching(out, |s| &*s.name != name && s.takes(port))
     }
 
     /// Asks the whole system to stop, as a person typing `/quit` would. The system's owner sees

@@ -91,6 +91,7 @@ mod context;
 mod entity;
 mod err;
 mod message;
+mod ports;
 mod reply;
 mod restart;
 mod shared;
@@ -106,12 +107,13 @@ pub use crate::context::{Context, EdgeKind, Sibling, TimerId};
 pub use crate::entity::{EntityState, Handle, Stats};
 pub use crate::err::{BoxError, BuildError, BuildProblem, Error, ErrorKind, SendError};
 pub use crate::message::HandlerKind;
+pub use crate::ports::{OutPort, Ports};
 pub use crate::reply::{AskError, Reply, ReplyError, ReplyErrorKind};
 pub use crate::restart::{FactoryOutput, Restart};
 pub use crate::shared::{Failure, PanicError};
 pub use crate::system::{DEFAULT_SHUTDOWN_DEADLINE, EntityReport, Report, SHUTDOWN_GRACE, System};
 #[doc(inline)]
-pub use sophon_macros::{agent_system, backend};
+pub use sophon_macros::{Ports, agent_system, backend};
 
 /// Re-exported so that users need not depend on it to read outputs or take `Uuid`s.
 pub use crossbeam_channel;

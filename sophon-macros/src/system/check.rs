@@ -145,8 +145,26 @@ fn check_edge_attributes(input: &SystemInput, errors: &mut Errors) {
 }
 
 // A named system's fields are typed handles, so each entity names its backend's type:
-// `model: LocalLlm = LocalLlm::load(None, options)?;` rather than `model = ...`.
+// `model: LocalLlm = LocalLlm::load(None, options)?;` rather than `model = ...`; and an output
+// fed first by a port names the port's type: `ping.done -> output(done: u64);`.
 fn check_named_entities(graph: &Graph<'_>, errors: &mut Errors) {
+    let mut seen = Vec::new();
+    for output in &graph.outputs {
+        let name = output.name.to_string();
+        if seen.contains(&name) {
+            continue;
+        }
+        seen.push(name.clone());
+        let typed = graph.outputs.iter().any(|o| o.name == output.name && o.ty.is_some());
+        if let (Some(port), false) = (&output.decl.port, typed) {
+            errors.spanned(
+                output.name,
+                format!(
+                    "output `{name}` of a named system is fed by the port `{port}`, whose type the macro cannot see: write `output({name}: T)` with the type the port carries"
+                ),
+            );
+        }
+    }
     for entity in graph.entities.iter().filter(|e| e.ty.is_none()) {
         let name = &entity.name;
         errors.spanned(
@@ -283,15 +301,30 @@ fn check_outputs(graph: &Graph<'_>, errors: &mut Errors) {
     }
 }
 
-// An edge is declared once: `a -> b; a ~> b;` reports both, numbered.
+// An edge is declared once: `a -> b; a ~> b;` reports both, numbered. Edges from different
+// ports of one entity to another are not duplicates (`a.left -> b; a.right -> b;`), but an edge
+// of the whole output and one of a port are, since the port's values would arrive twice.
 fn check_duplicate_edges(graph: &Graph<'_>, errors: &mut Errors) {
     let mut places: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
     for (i, edge) in graph.edges.iter().enumerate() {
         places.entry((edge.from, edge.to)).or_default().push(i);
     }
-    let mut duplicates: Vec<&Vec<usize>> = places.values().filter(|p| p.len() > 1).collect();
+    let port = |i: usize| graph.edges[i].decl.port.as_ref().map(ToString::to_string);
+    let mut duplicates: Vec<Vec<usize>> = places
+        .values()
+        .map(|group| {
+            group
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    group.iter().any(|&j| j != i && (port(i).is_none() || port(j).is_none() || port(i) == port(j)))
+                })
+                .collect::<Vec<usize>>()
+        })
+        .filter(|p| p.len() > 1)
+        .collect();
     duplicates.sort();
-    for edges in duplicates {
+    for edges in &duplicates {
         for (k, &i) in edges.iter().enumerate() {
             let edge = &graph.edges[i];
             let (from, to) = (&edge.decl.from, edge.target);

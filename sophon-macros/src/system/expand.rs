@@ -103,7 +103,12 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options]) -> Built<'a> {
     };
 
     let mut edge_seen = std::collections::HashSet::new();
-    let edges = graph.edges.iter().filter(|e| edge_seen.insert((e.from, e.to))).map(|edge| {
+    let port_name = |decl: &syn::Ident| decl.to_string();
+    let edges = graph
+        .edges
+        .iter()
+        .filter(|e| edge_seen.insert((e.from, e.to, e.decl.port.as_ref().map(port_name))))
+        .map(|edge| {
         let from = local("node", &graph.entities[edge.from].name, edge.decl.from.span());
         let to = local("node", &graph.entities[edge.to].name, edge.target.span());
         let kind = match edge.kind {
@@ -113,8 +118,17 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options]) -> Built<'a> {
         };
         let (cfg, _) = cfg_attrs(&edge_condition(edge.from, Some(edge.to), &edge.decl.attrs));
         // Spanned at the target: when the types do not fit, rustc's error lands on the edge.
-        let call = quote_spanned! {edge.target.span()=>
-            ::sophon::__private::edge(&mut #builder, ::sophon::__private::EdgeKind::#kind, &#from, &#to)
+        let call = match &edge.decl.port {
+            None => quote_spanned! {edge.target.span()=>
+                ::sophon::__private::edge(&mut #builder, ::sophon::__private::EdgeKind::#kind, &#from, &#to)
+            },
+            Some(port) => {
+                let pick = pick_port(port);
+                let marker = port_marker(edge.decl, edge.target);
+                quote_spanned! {edge.target.span()=>
+                    let #marker = ::sophon::__private::port_edge(&mut #builder, ::sophon::__private::EdgeKind::#kind, &#from, #pick, &#to)
+                }
+            }
         };
         quote!(#cfg #call;)
     });
@@ -139,7 +153,14 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options]) -> Built<'a> {
             let feeds = feeders.iter().zip(&conditions).map(|(output, condition)| {
                 let node = local("node", &graph.entities[output.from].name, name.span());
                 let (cfg, _) = cfg_attrs(condition);
-                quote!(#cfg ::sophon::SystemBuilder::output_to(&mut #builder, &#node, #label, ::core::clone::Clone::clone(&#tx));)
+                match &output.decl.port {
+                    None => quote!(#cfg ::sophon::SystemBuilder::output_to(&mut #builder, &#node, #label, ::core::clone::Clone::clone(&#tx));),
+                    Some(port) => {
+                        let pick = pick_port(port);
+                        let marker = port_marker(output.decl, output.name);
+                        quote!(#cfg let #marker = ::sophon::__private::port_output_to(&mut #builder, &#node, #pick, #label, ::core::clone::Clone::clone(&#tx));)
+                    }
+                }
             });
             // The output exists when any edge into it does.
             let condition = if conditions.iter().any(Option::is_none) {
@@ -149,19 +170,28 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options]) -> Built<'a> {
                 Some(quote!(any(#(#each),*)))
             };
             let (cfg, _) = cfg_attrs(&condition);
-            let first = graph.entities[feeders[0].from];
+            // What the output carries: as written, or the first feeder's whole output.
+            let declared = feeders.iter().find_map(|o| o.ty);
+            let first = feeders[0];
+            let carried = match (declared, &first.decl.port, &graph.entities[first.from].ty) {
+                (Some(ty), _, _) => Some(quote!(#ty)),
+                (None, None, Some(ty)) => Some(quote!(<#ty as ::sophon::IntoBackend>::Output)),
+                _ => None,
+            };
+            let channel = match declared {
+                Some(ty) => quote!(::sophon::crossbeam_channel::unbounded::<#ty>()),
+                None => quote!(::sophon::crossbeam_channel::unbounded()),
+            };
             output_fields.push(Field {
                 name,
-                docs: Vec::new(),
+                docs: feeders.iter().flat_map(|o| o.decl.attrs.iter().filter(|a| a.path().is_ident("doc")).cloned()).collect(),
                 condition,
                 value: quote!(#rx),
-                ty: first.ty.as_ref().map(|ty| {
-                    quote!(::sophon::crossbeam_channel::Receiver<<#ty as ::sophon::IntoBackend>::Output>)
-                }),
+                ty: carried.map(|ty| quote!(::sophon::crossbeam_channel::Receiver<#ty>)),
                 output: true,
             });
             quote! {
-                #cfg let (#tx, #rx) = ::sophon::crossbeam_channel::unbounded();
+                #cfg let (#tx, #rx) = #channel;
                 #(#feeds)*
                 #cfg ::core::mem::drop(#tx);
             }
@@ -187,13 +217,73 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options]) -> Built<'a> {
         .collect();
     fields.extend(output_fields);
 
+    let wiring = wiring_checks(graph, &entities, options);
     let body = quote! {
         let mut #builder = ::sophon::SystemBuilder::new();
         #(#declare)*
         #(#edges)*
         #(#output_channels)*
+        #(#wiring)*
     };
     Built { body, fields }
+}
+
+/// `|ports| ports.done`: picks a port by name, spanned at the name so that rustc's "no field"
+/// error for a port the output lacks lands there.
+fn pick_port(port: &Ident) -> TokenStream {
+    let ports = Ident::new("__sophon_ports", port.span());
+    quote_spanned!(port.span()=> |#ports| #ports.#port)
+}
+
+/// The local holding the port marker of the edge of `decl` to `target` (see `wiring_checks`).
+fn port_marker(decl: &super::parse::Edge, target: &Ident) -> Ident {
+    let port = decl.port.as_ref().expect("a port edge");
+    format_ident!("__sophon_port_{}_{}_{}", decl.from, port, target, span = port.span())
+}
+
+/// For each entity whose edges attach to ports, and none to its whole output: a check, in the
+/// types, that every port is wired. It fails at the entity's name, naming the port.
+fn wiring_checks(graph: &Graph<'_>, entities: &[(usize, &Ident)], options: &[Options]) -> Vec<TokenStream> {
+    // Every edge to an entity or output once, as the expansion adds them.
+    let mut seen = std::collections::HashSet::new();
+    let mut targets: Vec<(usize, &super::parse::Edge, &Ident, Option<usize>)> = Vec::new();
+    for edge in &graph.edges {
+        if seen.insert((edge.from, edge.to, edge.decl.port.as_ref().map(ToString::to_string))) {
+            targets.push((edge.from, edge.decl, edge.target, Some(edge.to)));
+        }
+    }
+    for output in &graph.outputs {
+        if !graph.entities.iter().any(|e| e.name == *output.name) {
+            targets.push((output.from, output.decl, output.name, None));
+        }
+    }
+    entities
+        .iter()
+        .filter_map(|&(i, name)| {
+            let from_here: Vec<_> = targets.iter().filter(|t| t.0 == i).collect();
+            if from_here.is_empty() || from_here.iter().any(|t| t.1.port.is_none()) {
+                return None;
+            }
+            let wiring = Ident::new("__sophon_wiring", name.span());
+            let (entity_cfg, _) = cfg_attrs(&all(options[i].cfgs.clone()));
+            let wires = from_here.iter().map(|&&(_, decl, target, to)| {
+                let marker = port_marker(decl, target);
+                let mut predicates = options[i].cfgs.clone();
+                if let Some(to) = to {
+                    predicates.extend(options[to].cfgs.iter().cloned());
+                }
+                predicates.extend(cfg_predicates(&decl.attrs));
+                let (cfg, _) = cfg_attrs(&all(predicates));
+                quote!(#cfg let #wiring = ::sophon::__private::Wiring::wire(#wiring, #marker);)
+            });
+            let check = quote_spanned!(name.span()=> ::sophon::__private::Wiring::check(#wiring));
+            Some(quote! {
+                #entity_cfg let #wiring = ::sophon::__private::Wiring::start();
+                #(#wires)*
+                #entity_cfg #check;
+            })
+        })
+        .collect()
 }
 
 /// The construction of the system's struct `name` from the builder, as a `Result`.

@@ -36,6 +36,8 @@ pub(super) struct OutputRef<'a> {
     pub(super) from: usize,
     pub(super) decl: &'a Edge,
     pub(super) name: &'a Ident,
+    /// `output(name: Type)`: the type of what it carries, when written.
+    pub(super) ty: Option<&'a syn::Type>,
 }
 
 impl<'a> Graph<'a> {
@@ -77,9 +79,9 @@ impl<'a> Graph<'a> {
                             edges.push(EdgeRef { from, to, kind, decl, target: name });
                         }
                     }
-                    Target::Output { name, .. } => {
+                    Target::Output { name, ty, .. } => {
                         if let Some(from) = from {
-                            outputs.push(OutputRef { from, decl, name });
+                            outputs.push(OutputRef { from, decl, name, ty: ty.as_deref() });
                         }
                     }
                 }

@@ -8,10 +8,10 @@
 //! statement := entity | edge
 //! entity    := attribute* IDENT (':' TYPE)? '=' EXPR
 //! attribute := '#' '[' IDENT ('(' TOKENS ')')? ']' | '///' doc comment
-//! edge      := attribute* 'loop'? IDENT arrow targets
+//! edge      := attribute* 'loop'? IDENT ('.' IDENT)? arrow targets
 //! arrow     := '->' (query) | '~>' (read)
 //! targets   := target | '[' target (',' target)* ','? ']'
-//! target    := IDENT | 'output' '(' IDENT ')'
+//! target    := IDENT | 'output' '(' IDENT (':' TYPE)? ')'
 //! ```
 
 use proc_macro2::TokenStream;
@@ -60,6 +60,8 @@ pub(super) struct Edge {
     pub(super) attrs: Vec<Attribute>,
     pub(super) loop_token: Option<Token![loop]>,
     pub(super) from: Ident,
+    /// `ping.done -> ..`: the output port the edge is attached to.
+    pub(super) port: Option<Ident>,
     pub(super) arrow: Arrow,
     pub(super) targets: Vec<Target>,
 }
@@ -83,14 +85,14 @@ impl quote::ToTokens for Arrow {
 
 pub(super) enum Target {
     Entity(Ident),
-    Output { keyword: kw::output, name: Ident },
+    Output { keyword: kw::output, name: Ident, ty: Option<Box<Type>> },
 }
 
 impl quote::ToTokens for Target {
     fn to_tokens(&self, tokens: &mut TokenStream) {
         match self {
             Target::Entity(name) => name.to_tokens(tokens),
-            Target::Output { keyword, name } => {
+            Target::Output { keyword, name, .. } => {
                 keyword.to_tokens(tokens);
                 name.to_tokens(tokens);
             }
@@ -188,7 +190,8 @@ impl Parse for Statement {
             entity.options = attrs;
             return Ok(Statement::Entity(Box::new(entity)));
         }
-        if input.peek(Token![loop]) || (input.peek(Ident) && (input.peek2(Token![->]) || input.peek2(Token![~]))) {
+        let edge_after_name = input.peek2(Token![->]) || input.peek2(Token![~]) || input.peek2(Token![.]);
+        if input.peek(Token![loop]) || (input.peek(Ident) && edge_after_name) {
             let mut edge: Edge = input.parse()?;
             edge.attrs = attrs;
             return Ok(Statement::Edge(edge));
@@ -227,6 +230,12 @@ impl Parse for Edge {
         let attrs = input.call(Attribute::parse_outer)?;
         let loop_token = input.parse()?;
         let from = input.parse()?;
+        let port = if input.peek(Token![.]) {
+            input.parse::<Token![.]>()?;
+            Some(input.parse()?)
+        } else {
+            None
+        };
         let lookahead = input.lookahead1();
         let arrow = if lookahead.peek(Token![->]) {
             Arrow::Query(input.parse()?)
@@ -246,7 +255,7 @@ impl Parse for Edge {
         } else {
             vec![input.parse()?]
         };
-        Ok(Edge { attrs, loop_token, from, arrow, targets })
+        Ok(Edge { attrs, loop_token, from, port, arrow, targets })
     }
 }
 
@@ -257,7 +266,13 @@ impl Parse for Target {
             let content;
             parenthesized!(content in input);
             let name = content.parse()?;
-            return Ok(Target::Output { keyword, name });
+            let ty = if content.peek(Token![:]) {
+                content.parse::<Token![:]>()?;
+                Some(Box::new(content.parse()?))
+            } else {
+                None
+            };
+            return Ok(Target::Output { keyword, name, ty });
         }
         input.parse().map(Target::Entity)
     }

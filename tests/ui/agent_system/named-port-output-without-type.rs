@@ -1,0 +1,37 @@
+// A named system's output is fed by a port without saying the type it carries.
+use sophon::{Ports, agent_system, backend};
+
+#[derive(Clone, Ports)]
+enum PingOut {
+    Pong(u64),
+    Done(u64),
+}
+
+struct Ping;
+
+#[backend]
+impl Ping {
+    fn query(&mut self, n: u64) -> PingOut {
+        if n < 10 { PingOut::Pong(n + 1) } else { PingOut::Done(n) }
+    }
+}
+
+struct Pong;
+
+#[backend]
+impl Pong {
+    fn query(&mut self, n: u64) -> u64 {
+        n + 1
+    }
+}
+
+agent_system! {
+    pub struct Rally;
+    ping: Ping = Ping;
+    pong: Pong = Pong;
+    ping.pong -> pong;
+    loop pong -> ping;
+    ping.done -> output(done);
+}
+
+fn main() {}
