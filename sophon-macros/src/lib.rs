@@ -13,6 +13,8 @@
 
 mod backend;
 mod errors;
+#[cfg(test)]
+mod fuzz;
 mod ports;
 mod system;
 

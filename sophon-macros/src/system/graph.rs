@@ -56,6 +56,9 @@ impl<'a> Graph<'a> {
             if found.is_none() {
                 let hint = match closest(&name.to_string(), index.keys().map(String::as_str)) {
                     Some(close) => format!("; did you mean `{close}`?"),
+                    None if name == "output" => {
+                        "; an output is written with its name: `-> output(answers)`".to_string()
+                    }
                     None => "; declare it with `name = MyBackend::new();`".to_string(),
                 };
                 errors.spanned(name, format!("no entity named `{name}` in this system{hint}"));

@@ -113,14 +113,38 @@ impl Parse for SystemInput {
         };
         let mut statements = Vec::new();
         while !input.is_empty() {
-            statements.push(input.parse()?);
-            if input.is_empty() {
-                break;
-            }
-            input.parse::<Token![;]>()?;
+            let statement = input.parse()?;
+            end_of_statement(input, &statement)?;
+            statements.push(statement);
         }
         Ok(SystemInput { header, statements })
     }
+}
+
+/// The `;` after a statement (or the end of the input), with a hint for what people write
+/// there instead.
+fn end_of_statement(input: ParseStream<'_>, statement: &Statement) -> syn::Result<()> {
+    if input.is_empty() {
+        return Ok(());
+    }
+    if input.peek(Token![;]) {
+        input.parse::<Token![;]>()?;
+        return Ok(());
+    }
+    let message = match statement {
+        Statement::Edge(edge) if input.peek(Token![->]) || input.peek(Token![~]) => {
+            let last = edge.targets.last().map(|t| quote::quote!(#t).to_string()).unwrap_or_default();
+            format!(
+                "one edge per statement: end this one with `;` and start the next from `{last}`, e.g. `a -> b; {last} -> c;`"
+            )
+        }
+        Statement::Edge(_) if input.peek(Token![,]) => "several targets go in brackets: `a -> [b, c];`".to_string(),
+        Statement::Edge(_) if input.peek(Token![.]) => {
+            "a target is an entity's name, not a port: ports belong to the sending side, `a.port -> b;`".to_string()
+        }
+        _ => "expected `;` to end the statement before this".to_string(),
+    };
+    Err(input.error(message))
 }
 
 /// Whether the input begins with `[attributes] [pub] struct`.
@@ -177,6 +201,9 @@ impl Parse for Param {
     }
 }
 
+/// Words people from other languages begin a line with, which have no place here.
+const ITEM_WORDS: &[&str] = &["let", "fn", "const", "static", "use", "impl", "mod", "type", "enum", "trait"];
+
 impl Parse for Statement {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let attrs = input.call(Attribute::parse_outer)?;
@@ -185,20 +212,46 @@ impl Parse for Statement {
                 "a named system's `struct` line comes first, before its entities and edges: `pub struct Chat;`",
             ));
         }
-        if input.peek(Ident) && (input.peek2(Token![:]) || input.peek2(Token![=])) {
-            let mut entity: Entity = input.parse()?;
-            entity.options = attrs;
-            return Ok(Statement::Entity(Box::new(entity)));
+        if input.peek(Token![;]) {
+            return Err(input.error("a stray `;`: remove it"));
         }
-        let edge_after_name = input.peek2(Token![->]) || input.peek2(Token![~]) || input.peek2(Token![.]);
-        if input.peek(Token![loop]) || (input.peek(Ident) && edge_after_name) {
+        if input.peek(Token![let]) {
+            return Err(input.error("no `let` here: an entity is declared as `name = MyBackend::new();`"));
+        }
+        if let Some(word) = ITEM_WORDS.iter().find(|w| input.cursor().ident().is_some_and(|(i, _)| i == *w)) {
+            return Err(input.error(format!(
+                "`{word}` has no place in `agent_system!`, which holds entities (`a = A;`) and edges (`a -> b;`) only; put items outside it"
+            )));
+        }
+        if input.peek(Token![loop]) {
             let mut edge: Edge = input.parse()?;
             edge.attrs = attrs;
             return Ok(Statement::Edge(edge));
         }
+        if input.peek(Ident) && (input.peek2(Token![::]) || input.peek2(syn::token::Paren)) {
+            return Err(input.error(
+                "a statement starts with an entity's name: declare one as `name = MyBackend::new();`, with the expression after `=`",
+            ));
+        }
         if input.peek(Ident) {
+            if input.peek2(Token![:]) || input.peek2(Token![=]) && !input.peek2(Token![=>]) {
+                let mut entity: Entity = input.parse()?;
+                entity.options = attrs;
+                return Ok(Statement::Entity(Box::new(entity)));
+            }
             let fork = input.fork();
             let name: Ident = fork.parse()?;
+            if fork.peek(Token![->])
+                || fork.peek(Token![~])
+                || fork.peek(Token![.])
+                || fork.peek(Token![=>])
+                || fork.peek(Token![<])
+                || fork.peek(Token![-])
+            {
+                let mut edge: Edge = input.parse()?;
+                edge.attrs = attrs;
+                return Ok(Statement::Edge(edge));
+            }
             return Err(fork.error(format!(
                 "expected `=` or `:` to declare entity `{name}`, or `->` or `~>` for an edge from it; \
                  e.g. `{name} = MyBackend::new();` or `{name} -> other;`"
@@ -212,14 +265,37 @@ impl Parse for Statement {
 impl Parse for Entity {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let options = input.call(Attribute::parse_outer)?;
-        let name = input.parse()?;
+        let name: Ident = input.parse()?;
         let ty = if input.peek(Token![:]) {
             input.parse::<Token![:]>()?;
+            if input.peek(Token![=]) {
+                return Err(input.error(format!(
+                    "`:=` is not Rust: write `{name} = MyBackend::new();`, or `{name}: MyBackend = ...;` to give the type"
+                )));
+            }
+            if input.is_empty() || input.peek(Token![;]) {
+                return Err(input.error(format!("expected the backend's type after `:`: `{name}: MyBackend = ...`")));
+            }
             Some(input.parse()?)
         } else {
             None
         };
+        if !input.peek(Token![=]) {
+            return Err(input.error(format!(
+                "expected `=` and the backend after the type: `{name}: MyBackend = MyBackend::new();`"
+            )));
+        }
         input.parse::<Token![=]>()?;
+        if input.is_empty() || input.peek(Token![;]) {
+            return Err(
+                input.error(format!("expected the backend `{name}` runs after `=`: `{name} = MyBackend::new();`"))
+            );
+        }
+        if input.peek(Token![#]) {
+            return Err(input.error(format!(
+                "entity options go before the entity's name, on its line: `#[bounded(16)] {name} = MyBackend::new();`"
+            )));
+        }
         let expr = input.parse()?;
         Ok(Entity { options, name, ty, expr })
     }
@@ -229,20 +305,51 @@ impl Parse for Edge {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let attrs = input.call(Attribute::parse_outer)?;
         let loop_token = input.parse()?;
-        let from = input.parse()?;
+        let from: Ident = input.parse()?;
         let port = if input.peek(Token![.]) {
             input.parse::<Token![.]>()?;
+            if !input.peek(Ident) {
+                return Err(input.error(format!("expected the port's name after `.`: `{from}.done -> ...`")));
+            }
             Some(input.parse()?)
         } else {
             None
         };
-        let lookahead = input.lookahead1();
-        let arrow = if lookahead.peek(Token![->]) {
+        let source = match &port {
+            Some(port) => format!("{from}.{port}"),
+            None => from.to_string(),
+        };
+        if input.peek(Token![.]) {
+            return Err(input.error(format!("a port is named once, after its entity: `{source} -> ...`")));
+        }
+        let arrow = if input.peek(Token![->]) {
             Arrow::Query(input.parse()?)
-        } else if lookahead.peek(Token![~]) {
-            Arrow::Read(input.parse()?, input.parse()?)
+        } else if input.peek(Token![~]) {
+            let tilde = input.parse()?;
+            if !input.peek(Token![>]) {
+                return Err(input.error(format!("a read edge is written `~>`: `{source} ~> target`")));
+            }
+            Arrow::Read(tilde, input.parse()?)
+        } else if input.peek(Token![=>]) {
+            return Err(input.error(format!(
+                "edges are written `->` (a query edge) or `~>` (a read edge), not `=>`: `{source} -> target`"
+            )));
+        } else if input.peek(Token![<]) && input.peek2(Token![-]) {
+            let fork = input.fork();
+            fork.parse::<Token![<]>()?;
+            fork.parse::<Token![-]>()?;
+            let sender = fork.parse::<Ident>().map_or_else(|_| "sender".to_string(), |i| i.to_string());
+            return Err(input.error(format!(
+                "edges point from the sender to the receiver with `->`: write `{sender} -> {source}` for an edge into `{source}`"
+            )));
+        } else if input.peek(Token![-]) {
+            return Err(input.error(format!("an edge's arrow is `->`: `{source} -> target`")));
+        } else if input.peek(Token![=]) || input.peek(Token![:]) {
+            return Err(input.error(format!(
+                "`{source}` names a port, and an entity is declared by its name alone: `{from} = MyBackend::new();`"
+            )));
         } else {
-            return Err(lookahead.error());
+            return Err(input.error(format!("expected `->` (a query edge) or `~>` (a read edge) after `{source}`")));
         };
         let targets = if input.peek(syn::token::Bracket) {
             let content;
@@ -264,15 +371,40 @@ impl Parse for Target {
         if input.peek(kw::output) && input.peek2(syn::token::Paren) {
             let keyword = input.parse()?;
             let content;
-            parenthesized!(content in input);
-            let name = content.parse()?;
+            let parens = parenthesized!(content in input);
+            if content.is_empty() {
+                return Err(syn::Error::new(
+                    parens.span.join(),
+                    "an output needs a name, which becomes the system's field: `output(answers)`",
+                ));
+            }
+            if content.peek(syn::Lit) {
+                return Err(content.error("an output's name is an identifier, not a literal: `output(answers)`"));
+            }
+            let name: Ident = content.parse()?;
             let ty = if content.peek(Token![:]) {
                 content.parse::<Token![:]>()?;
                 Some(Box::new(content.parse()?))
             } else {
                 None
             };
+            if !content.is_empty() {
+                return Err(content.error(format!(
+                    "an output takes one name, and optionally its type: `output({name})` or `output({name}: T)`"
+                )));
+            }
             return Ok(Target::Output { keyword, name, ty });
+        }
+        if input.is_empty() || input.peek(Token![;]) {
+            return Err(
+                input.error("expected the edge's target: an entity's name, `output(name)`, or `[a, b]` for several")
+            );
+        }
+        if input.peek(Token![loop]) {
+            return Err(input.error("`loop` goes before the edge it marks: `loop a -> b;`"));
+        }
+        if !input.peek(Ident) || input.peek2(Token![::]) || input.peek2(syn::token::Paren) {
+            return Err(input.error("an edge's target is an entity's name, `output(name)`, or `[a, b]` for several"));
         }
         input.parse().map(Target::Entity)
     }

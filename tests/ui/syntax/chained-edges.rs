@@ -1,0 +1,21 @@
+// Edges are chained in one statement.
+use sophon::{agent_system, backend};
+
+#[derive(Default)]
+struct Pass;
+
+#[backend]
+impl Pass {
+    fn query(&mut self, n: u32) -> u32 {
+        n
+    }
+}
+
+fn main() {
+    let _ = agent_system! {
+        a = Pass;
+        b = Pass;
+        c = Pass;
+        a -> b -> c;
+    };
+}

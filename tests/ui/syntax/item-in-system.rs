@@ -1,0 +1,19 @@
+// A function is defined inside the macro.
+use sophon::{agent_system, backend};
+
+#[derive(Default)]
+struct Pass;
+
+#[backend]
+impl Pass {
+    fn query(&mut self, n: u32) -> u32 {
+        n
+    }
+}
+
+fn main() {
+    let _ = agent_system! {
+        a = Pass;
+        fn helper() {}
+    };
+}

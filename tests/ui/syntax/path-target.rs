@@ -1,0 +1,19 @@
+// An edge target written as a path.
+use sophon::{agent_system, backend};
+
+#[derive(Default)]
+struct Pass;
+
+#[backend]
+impl Pass {
+    fn query(&mut self, n: u32) -> u32 {
+        n
+    }
+}
+
+fn main() {
+    let _ = agent_system! {
+        a = Pass;
+        a -> crate::a;
+    };
+}

@@ -1,0 +1,20 @@
+// Two names after an entity.
+use sophon::{agent_system, backend};
+
+#[derive(Default)]
+struct Pass;
+
+#[backend]
+impl Pass {
+    fn query(&mut self, n: u32) -> u32 {
+        n
+    }
+}
+
+fn main() {
+    let _ = agent_system! {
+        a = Pass;
+        b = Pass;
+        a.x.y -> b;
+    };
+}
