@@ -28,7 +28,7 @@ use proc_macro::TokenStream;
 /// | handler | signature | |
 /// | --- | --- | --- |
 /// | `query` | `fn query(&mut self, input: In) -> R` | required; its parameter is the backend's input type |
-/// | | `fn query(&mut self, input: In, ctx: &mut Context<Out>) -> ()` or `-> Result<(), E>` | sends through the context itself (routing by name, several answers) |
+/// | | `fn query(&mut self, input: In, ctx: &mut Context<Out>) -> ()` or `-> Result<(), E>` | sends through the context itself (several answers, or none) |
 /// | `read` | `fn read(&mut self, input: In)`, optionally `ctx` | optional; returns `()` or `Result<(), E>`; takes the same input as `query` |
 /// | `nop` | `fn nop(&mut self)`, optionally `ctx` | optional cleanup; returns `()` or `Result<(), E>` |
 /// | `start` | `fn start(&mut self)`, optionally `ctx` | optional; runs once when the system starts, so a backend can act on its own (send, set timers); returns `()` or `Result<(), E>` |
@@ -44,6 +44,11 @@ use proc_macro::TokenStream;
 /// | `Result<T, E>` | `T` | the value; an `Err` is reported by the runtime |
 /// | `Result<Option<T>, E>` | `T` | the value if there is one; an `Err` is reported |
 /// | `()` or `Result<(), E>` | `()` | `()`, a signal that the query was handled |
+///
+/// To send different things to different siblings, make the output an enum deriving
+/// `sophon::Ports` and return the variant of the port to send through: each edge attached to a
+/// port (`ping.done -> output(done)` in `agent_system!`) gets that port's values only, checked
+/// at compile time.
 ///
 /// `E` is any error that converts into `sophon::BoxError` (any `std::error::Error + Send +
 /// Sync`, `String`, `&str`). Handlers must take `&mut self`, and may not be generic or `async`;

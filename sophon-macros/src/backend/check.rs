@@ -120,6 +120,22 @@ fn check_signature<'a>(f: &'a ImplItemFn, takes_input: bool, errors: &mut Errors
             return None;
         }
     };
+    // Messages cross threads, so a handler owns its input.
+    if let Some(Type::Reference(reference)) = input {
+        let owned = match &*reference.elem {
+            Type::Path(p) if p.path.is_ident("str") => "`String`".to_string(),
+            Type::Slice(slice) => {
+                let elem = &slice.elem;
+                format!("`Vec<{}>`", quote::quote!(#elem).to_string().replace(' ', ""))
+            }
+            elem => format!("`{}`", quote::quote!(#elem).to_string().replace(' ', "")),
+        };
+        errors.spanned(
+            reference,
+            format!("the input of `{name}` is a message that crosses threads, so the handler owns it: take {owned}, not a reference"),
+        );
+        ok = false;
+    }
     if let Some(ctx) = ctx
         && context_output(ctx).is_none()
     {
@@ -130,6 +146,23 @@ fn check_signature<'a>(f: &'a ImplItemFn, takes_input: bool, errors: &mut Errors
         ok = false;
     }
     ok.then_some(Params { input, ctx })
+}
+
+/// Whether `ty` is or holds an `impl Trait`.
+fn contains_impl_trait(ty: &Type) -> bool {
+    match ty {
+        Type::ImplTrait(_) => true,
+        Type::Path(p) => p.path.segments.iter().any(|s| match &s.arguments {
+            PathArguments::AngleBracketed(args) => args.args.iter().any(|a| match a {
+                syn::GenericArgument::Type(t) => contains_impl_trait(t),
+                _ => false,
+            }),
+            _ => false,
+        }),
+        Type::Tuple(t) => t.elems.iter().any(contains_impl_trait),
+        Type::Paren(p) => contains_impl_trait(&p.elem),
+        _ => false,
+    }
 }
 
 /// `Out` in `&mut Context<Out>`.
@@ -242,13 +275,39 @@ pub(super) fn check(item: &syn::ItemImpl, errors: &mut Errors) -> Option<Model> 
 
     // A backend must answer queries, e.g. `fn query(&mut self, input: String) -> String`.
     let Some(query_fn) = query_fn else {
-        errors.spanned(
-            &item.self_ty,
-            "a backend needs a `query` handler; add `fn query(&mut self, input: In) -> Out` to this impl block",
-        );
+        let methods = item.items.iter().filter_map(|i| match i {
+            ImplItem::Fn(f) => Some(f),
+            _ => None,
+        });
+        let misspelled = methods.clone().find(|f| {
+            let n = f.sig.ident.to_string();
+            n.eq_ignore_ascii_case("query") || crate::errors::closest(&n, ["query"]).is_some()
+        });
+        match misspelled {
+            Some(f) => errors.spanned(
+                &f.sig.ident,
+                format!(
+                    "a backend needs a `query` handler, and handlers are found by name: rename `{}` to `query`",
+                    f.sig.ident
+                ),
+            ),
+            None => errors.spanned(
+                &item.self_ty,
+                "a backend needs a `query` handler; add `fn query(&mut self, input: In) -> Out` to this impl block",
+            ),
+        }
         return None;
     };
     let params = check_signature(query_fn, true, errors)?;
+    if let ReturnType::Type(_, ty) = &query_fn.sig.output
+        && contains_impl_trait(ty)
+    {
+        errors.spanned(
+            ty,
+            "what `query` returns is the backend's output type, which the graph's edges name: write the type itself, not `impl Trait`",
+        );
+        return None;
+    }
     let input = params.input.expect("query takes an input").clone();
     let (shape, returned) = returns(&query_fn.sig.output);
     let output = match params.ctx {
