@@ -19,7 +19,7 @@ use crate::shared::Shared;
 static NEXT_BUILDER: AtomicU64 = AtomicU64::new(0);
 
 /// A typed reference to an entity while a system is being built: used to add edges, and to get
-/// the entity's [`Handle`](crate::Handle) from the running [`System`].
+/// the entity's [`Handle`](crate::Handle) from the running [`System`](crate::System).
 pub struct Node<I, O> {
     pub(crate) builder: u64,
     pub(crate) index: usize,
@@ -252,7 +252,7 @@ impl SystemBuilder {
     /// panics, as the restart policy of `options` allows ([`EntityOptions::restart`]).
     ///
     /// On a panic the message being handled is reported as failed (counted in
-    /// [`Stats::panics`](crate::Stats::panics), sent to [`System::failures`]), the old backend
+    /// [`Stats::panics`](crate::Stats::panics), sent to [`System::failures`](crate::System::failures)), the old backend
     /// is dropped, the factory builds a new one, and its [`start`](crate::Backend::start) runs;
     /// then the agent goes on with the next message. The entity keeps its id, its handles and
     /// everything queued for it. Past the policy's limit, or if the factory fails or panics, the

@@ -11,7 +11,12 @@
 //! - An agent is an entity's thread (`sophon:<name>`): it waits on its crossbeam channel, runs
 //!   the backend and sends to its siblings, its outgoing edges.
 //! - A [`System`] is entities plus edges, built with [`SystemBuilder`] (or declared with the
-//!   `agent_system!` macro, which expands to the builder).
+//!   `agent_system!` macro, which expands to the builder, anonymous or as a named struct).
+//! - Code outside the system sends through handles: [`Handle::query`] and [`Handle::read`]
+//!   along the graph, or [`Handle::ask`] and [`Handle::call`] for an answer that comes back to
+//!   the caller alone ([`Reply`]).
+//! - A backend that sends different things to different siblings names its output [`Ports`]
+//!   with an enum; edges attach to one port each.
 //!
 //! # Hello, world!
 //!

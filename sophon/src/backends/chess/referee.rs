@@ -129,7 +129,7 @@ impl Game {
     }
 }
 
-/// Holds a game between two siblings and checks every move. See the [module docs](self).
+/// Holds a game between two siblings and checks every move. See the [module docs](super).
 pub struct Referee {
     board: Board,
     /// Positions since the last capture or pawn move, for threefold repetition.

@@ -53,7 +53,7 @@ impl std::error::Error for UciError {
     }
 }
 
-/// An engine process that speaks UCI, such as Stockfish. See the [module docs](self).
+/// An engine process that speaks UCI, such as Stockfish. See the [module docs](super).
 ///
 /// It is started, and its handshake done, when it is made. Each query sends the position and
 /// `go movetime`, and answers the engine's `bestmove`. The process is told to quit at `Nop`,
