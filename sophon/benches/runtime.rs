@@ -64,11 +64,12 @@ mod ping_pong {
 }
 
 /// A request and its reply: the baseline sends each request with a reply channel of its own, as
-/// request/response over crossbeam is written by hand.
+/// request/response over crossbeam is written by hand. Samples of 1,000 round trips each, so that
+/// divan's bookkeeping between samples does not decide whether the agent is asleep.
 mod ask {
     use super::*;
 
-    #[divan::bench]
+    #[divan::bench(sample_count = 100, sample_size = 1000)]
     fn crossbeam(bencher: Bencher<'_, '_>) {
         let (to_tx, to_rx) = unbounded::<(u64, Sender<u64>)>();
         let echo = thread::spawn(move || {
@@ -86,7 +87,7 @@ mod ask {
     }
 
     /// `Handle::call`: the first answer.
-    #[divan::bench]
+    #[divan::bench(sample_count = 100, sample_size = 1000)]
     fn sophon(bencher: Bencher<'_, '_>) {
         let mut b = SystemBuilder::new();
         let echo = b.entity("echo", Pass);
@@ -97,7 +98,7 @@ mod ask {
     }
 
     /// `Handle::ask`, read to its end.
-    #[divan::bench]
+    #[divan::bench(sample_count = 100, sample_size = 1000)]
     fn sophon_whole_reply(bencher: Bencher<'_, '_>) {
         let mut b = SystemBuilder::new();
         let echo = b.entity("echo", Pass);

@@ -210,7 +210,10 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                     self.handle(HandlerKind::Query, body)
                 }
                 Incoming::Envelope(Envelope::Read(body)) => self.handle(HandlerKind::Read, body),
-                Incoming::Envelope(Envelope::Ask(body, asker)) => self.handle_ask(body, asker),
+                Incoming::Envelope(Envelope::Ask(ask)) => {
+                    let (body, asker) = *ask;
+                    self.handle_ask(body, asker)
+                }
                 Incoming::Envelope(Envelope::Nop) => {
                     let flow = self.catch_up();
                     self.close_batch();

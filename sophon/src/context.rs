@@ -363,8 +363,26 @@ impl<O: Send + 'static> Context<O> {
     where
         O: Clone,
     {
-        let port = self.port_of(&out);
-        self.send_matching(out, |s| s.takes(port))
+        if self.port_of.is_some() {
+            let port = self.port_of(&out);
+            return self.send_matching(out, |s| s.takes(port));
+        }
+        // No ports: every sibling takes it, with no filtering (a fan-out's hot path).
+        if self.siblings.is_empty() {
+            return Ok(());
+        }
+        self.count_sent(self.siblings.len() as u64);
+        let (last, rest) = self.siblings.split_last().expect("not empty");
+        let mut first_err = None;
+        for sibling in rest {
+            if let Err(e) = Self::deliver(sibling, out.clone(), &self.core, &mut self.sent, &mut self.outputs) {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Err(e) = Self::deliver(last, out, &self.core, &mut self.sent, &mut self.outputs) {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Sends `out` to every sibling that `matches`, each a clone and the last the value itself,

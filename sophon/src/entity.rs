@@ -21,8 +21,9 @@ pub(crate) enum Envelope<I, O> {
     /// A query from a handle.
     Query(I),
     Read(I),
-    /// A query from a handle whose answer goes back to the asker only.
-    Ask(I, Asker<O>),
+    /// A query from a handle whose answer goes back to the asker only. Boxed, so that the
+    /// inbox's slots stay as small as a body: a pipeline fed through a handle moves them all.
+    Ask(Box<(I, Asker<O>)>),
     Nop,
     Swap(Box<SwapRequest<I, O>>),
 }
@@ -309,7 +310,8 @@ impl<I, O> Port<I, O> {
         while let Ok(env) = self.inbox_rx.try_recv() {
             match env {
                 Envelope::Query(_) | Envelope::Read(_) => n += 1,
-                Envelope::Ask(_, asker) => {
+                Envelope::Ask(ask) => {
+                    let (_, asker) = *ask;
                     n += 1;
                     let why = self.core.state().refusal().unwrap_or(ErrorKind::DeadlinePassed);
                     asker.fail(ReplyErrorKind::NotHandled(why), None);
@@ -454,9 +456,10 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             return Err(SendError::new(ErrorKind::WouldDeadlock, self.core.name.clone(), body));
         }
         let (asker, reply) = Asker::pair(self.core.name.clone());
-        match self.send_external(Envelope::Ask(body, asker)) {
+        match self.send_external(Envelope::Ask(Box::new((body, asker)))) {
             Ok(()) => Ok(reply),
-            Err((Envelope::Ask(body, asker), kind)) => {
+            Err((Envelope::Ask(ask), kind)) => {
+                let (body, asker) = *ask;
                 asker.discard();
                 Err(SendError::new(kind, self.core.name.clone(), body))
             }

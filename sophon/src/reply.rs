@@ -14,7 +14,8 @@ use crate::err::{ErrorKind, SendError};
 /// returns `Ok` ends the reply by dropping the sender, which costs no message.
 pub(crate) enum Event<O> {
     Output(O),
-    End(ReplyErrorKind, Option<Arc<dyn StdError + Send + Sync>>),
+    /// Boxed, so that an event is little bigger than an output: the channel's blocks hold 31.
+    End(Box<(ReplyErrorKind, Option<Arc<dyn StdError + Send + Sync>>)>),
 }
 
 /// The agent's end of an ask: while a handler answers one, everything it sends goes here.
@@ -47,7 +48,7 @@ impl<O> Asker<O> {
     /// Ends the reply with an error.
     pub(crate) fn fail(mut self, kind: ReplyErrorKind, source: Option<Arc<dyn StdError + Send + Sync>>) {
         self.open = false;
-        let _ = self.tx.send(Event::End(kind, source));
+        let _ = self.tx.send(Event::End(Box::new((kind, source))));
     }
 
     /// Drops the asker of a message that was never sent: its reply was never made public.
@@ -59,7 +60,7 @@ impl<O> Asker<O> {
 impl<O> Drop for Asker<O> {
     fn drop(&mut self) {
         if self.open {
-            let _ = self.tx.send(Event::End(ReplyErrorKind::NotHandled(ErrorKind::Stopped), None));
+            let _ = self.tx.send(Event::End(Box::new((ReplyErrorKind::NotHandled(ErrorKind::Stopped), None))));
         }
     }
 }
@@ -171,8 +172,9 @@ impl<O> Reply<O> {
                 self.answered = true;
                 Ok(Some(out))
             }
-            Some(Event::End(kind, source)) => {
+            Some(Event::End(end)) => {
                 self.ended = true;
+                let (kind, source) = *end;
                 Err(self.error(kind, source))
             }
             None => {
