@@ -62,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         clock = Clock::new().format(TimeFormat::Strftime("%H:%M:%S%.3f".into())).ticking(Duration::from_millis(20));
         note = Note { n: 0 };
         store = SqliteStore::in_memory()?.with_schema("CREATE TABLE events (n INTEGER, at TEXT, text TEXT)")?;
-        index = SearchIndex::in_memory()?.limit(3);
+        index = SearchIndex::in_memory()?.limit(3)?;
         clock -> note;
         note ~> [store, index];
         note -> output(events);

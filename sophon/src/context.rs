@@ -197,7 +197,8 @@ pub struct TimerId(u64);
 
 struct Timer {
     id: TimerId,
-    next: Instant,
+    /// When it fires next; `None` when that is too far away to be an `Instant` (never).
+    next: Option<Instant>,
     period: Option<Duration>,
 }
 
@@ -451,7 +452,8 @@ impl<O: Send + 'static> Context<O> {
         self.add_timer(period, Some(period.max(Duration::from_micros(1))))
     }
 
-    /// Sets a timer that fires once, after `delay`.
+    /// Sets a timer that fires once, after `delay`. A delay too long for the clock
+    /// (`Duration::MAX`, say) never fires.
     pub fn after(&mut self, delay: Duration) -> TimerId {
         self.add_timer(delay, None)
     }
@@ -459,7 +461,7 @@ impl<O: Send + 'static> Context<O> {
     fn add_timer(&mut self, delay: Duration, period: Option<Duration>) -> TimerId {
         let id = TimerId(self.next_timer);
         self.next_timer += 1;
-        self.timers.push(Timer { id, next: Instant::now() + delay, period });
+        self.timers.push(Timer { id, next: Instant::now().checked_add(delay), period });
         id
     }
 
@@ -479,19 +481,27 @@ impl<O: Send + 'static> Context<O> {
     }
 
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.timers.iter().map(|t| t.next).min()
+        self.timers.iter().filter_map(|t| t.next).min()
     }
 
     /// Takes the earliest timer due at `now`: a periodic one is moved to its next tick, a
     /// one-shot one is removed.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<TimerId> {
-        let (i, _) = self.timers.iter().enumerate().filter(|(_, t)| t.next <= now).min_by_key(|(_, t)| t.next)?;
+        let (i, _) = self
+            .timers
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.next.is_some_and(|next| next <= now))
+            .min_by_key(|(_, t)| t.next)?;
         let timer = &mut self.timers[i];
         let id = timer.id;
         match timer.period {
             Some(period) => {
-                while timer.next <= now {
-                    timer.next += period;
+                // The first tick after `now`, skipping missed ones; never, past the clock's end.
+                if let Some(next) = timer.next {
+                    let steps = now.saturating_duration_since(next).as_nanos() / period.as_nanos().max(1) + 1;
+                    let ahead = u64::try_from(steps * period.as_nanos()).ok().map(Duration::from_nanos);
+                    timer.next = ahead.and_then(|ahead| next.checked_add(ahead));
                 }
             }
             None => {

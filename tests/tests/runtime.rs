@@ -566,6 +566,78 @@ fn timers_fire_on_the_agent_thread_and_stop_at_shutdown() {
 }
 
 #[test]
+fn timers_too_far_away_for_the_clock_never_fire_and_do_not_panic() {
+    /// Sets timers at the clock's end, and one that fires; a query cancels the far one-shot.
+    struct Far {
+        far: Option<TimerId>,
+    }
+    impl Backend for Far {
+        type Input = ();
+        type Output = &'static str;
+        fn query(&mut self, (): (), ctx: &mut Context<&'static str>) -> Result<(), BoxError> {
+            let cancelled = self.far.take().is_some_and(|far| ctx.cancel(far));
+            Ok(ctx.send(if cancelled { "cancelled" } else { "not set" })?)
+        }
+        fn start(&mut self, ctx: &mut Context<&'static str>) -> Result<(), BoxError> {
+            self.far = Some(ctx.after(Duration::MAX));
+            ctx.every(Duration::MAX);
+            ctx.every(Duration::from_secs(u64::MAX / 2));
+            ctx.after(Duration::from_millis(1));
+            Ok(())
+        }
+        fn timer(&mut self, _: TimerId, ctx: &mut Context<&'static str>) -> Result<(), BoxError> {
+            Ok(ctx.send("fired")?)
+        }
+    }
+    let mut b = SystemBuilder::new();
+    let far = b.entity("far", Far { far: None });
+    let out = b.output(&far, "out");
+    let system = b.spawn().unwrap();
+    assert_eq!(out.recv_timeout(DEADLINE).unwrap(), "fired");
+    system.handle(&far).query(()).unwrap();
+    assert_eq!(out.recv_timeout(DEADLINE).unwrap(), "cancelled");
+    let report = system.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    assert!(out.try_recv().is_err(), "only the near timer fired");
+}
+
+#[test]
+fn a_periodic_timer_skips_the_ticks_it_missed_while_the_agent_was_busy() {
+    /// Ticks every millisecond; its first query keeps it busy for 50 ms.
+    struct Busy {
+        ticks: u32,
+    }
+    impl Backend for Busy {
+        type Input = ();
+        type Output = u32;
+        fn query(&mut self, (): (), ctx: &mut Context<u32>) -> Result<(), BoxError> {
+            std::thread::sleep(Duration::from_millis(50));
+            Ok(ctx.send(self.ticks)?)
+        }
+        fn start(&mut self, ctx: &mut Context<u32>) -> Result<(), BoxError> {
+            ctx.every(Duration::from_millis(1));
+            Ok(())
+        }
+        fn timer(&mut self, _: TimerId, _: &mut Context<u32>) -> Result<(), BoxError> {
+            self.ticks += 1;
+            Ok(())
+        }
+    }
+    let mut b = SystemBuilder::new();
+    let busy = b.entity("busy", Busy { ticks: 0 });
+    let out = b.output(&busy, "out");
+    let system = b.spawn().unwrap();
+    let handle = system.handle(&busy);
+    handle.query(()).unwrap();
+    let before = out.recv_timeout(DEADLINE).unwrap();
+    // Right after the busy query: at most one tick for the 50 missed, not 50 queued up.
+    handle.query(()).unwrap();
+    let after = out.recv_timeout(DEADLINE).unwrap();
+    system.shutdown(DEADLINE);
+    assert!(after - before < 25, "{before} then {after}: the 50 missed ticks were replayed");
+}
+
+#[test]
 fn a_start_hook_can_send_without_being_asked() {
     struct Greeter;
     impl Backend for Greeter {

@@ -24,7 +24,7 @@ fn ask(handle: &sophon::Handle<String, Hits>, hits: &Receiver<Hits>, query: &str
 #[test]
 fn indexed_documents_are_found_and_ranked() {
     let mut builder = SystemBuilder::new();
-    let node = builder.entity("index", SearchIndex::in_memory().unwrap().limit(3));
+    let node = builder.entity("index", SearchIndex::in_memory().unwrap().limit(3).unwrap());
     let hits = builder.output(&node, "hits");
     let system = builder.spawn().unwrap();
     let failures = system.failures();
@@ -71,4 +71,15 @@ fn an_index_on_disk_survives_a_restart() {
         assert!(system.shutdown(WAIT).is_clean());
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_limit_of_zero_is_refused_rather_than_panicking_in_tantivy() {
+    let err = SearchIndex::in_memory().unwrap().limit(0).unwrap_err();
+    assert!(matches!(err, sophon::backends::search::SearchError::ZeroLimit));
+    assert_eq!(err.to_string(), "a search answers at least one hit: give `limit` 1 or more");
+    let mut index = SearchIndex::in_memory().unwrap().limit(1).unwrap();
+    index.add("one\nfirst").unwrap();
+    index.add("two\nfirst again").unwrap();
+    assert_eq!(index.search("first").unwrap().hits.len(), 1);
 }

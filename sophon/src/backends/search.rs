@@ -84,6 +84,8 @@ pub enum SearchError {
     Query(tantivy::query::QueryParserError),
     /// The index could not be opened, written or read.
     Index(TantivyError),
+    /// [`SearchIndex::limit`] was given 0: a search that may answer no hit is refused.
+    ZeroLimit,
 }
 
 impl fmt::Display for SearchError {
@@ -91,6 +93,7 @@ impl fmt::Display for SearchError {
         match self {
             SearchError::Query(reason) => write!(f, "malformed query: {reason}"),
             SearchError::Index(e) => write!(f, "the index failed: {e}"),
+            SearchError::ZeroLimit => f.write_str("a search answers at least one hit: give `limit` 1 or more"),
         }
     }
 }
@@ -100,6 +103,7 @@ impl std::error::Error for SearchError {
         match self {
             SearchError::Query(e) => Some(e),
             SearchError::Index(e) => Some(e),
+            SearchError::ZeroLimit => None,
         }
     }
 }
@@ -166,11 +170,14 @@ impl SearchIndex {
         Ok(SearchIndex { index, writer, reader, parser, title, text, limit: 5, pending: 0, path })
     }
 
-    /// The most hits a search answers (default 5).
-    #[must_use]
-    pub fn limit(mut self, limit: usize) -> Self {
+    /// The most hits a search answers (default 5). Refuses 0 ([`SearchError::ZeroLimit`]),
+    /// which would leave nothing to answer (and which tantivy itself rejects with a panic).
+    pub fn limit(mut self, limit: usize) -> Result<Self, SearchError> {
+        if limit == 0 {
+            return Err(SearchError::ZeroLimit);
+        }
         self.limit = limit;
-        self
+        Ok(self)
     }
 
     /// Adds a document; it is searchable after the next [`commit`](Self::commit) or search.
