@@ -38,7 +38,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    let referee = Referee::new("white", "black").max_plies(max_plies);
+    // With a person playing, the board comes with their prompt: the referee prints moves only.
+    let referee = Referee::new("white", "black").max_plies(max_plies).boards(!human);
     let game = referee.game();
     let mut builder = SystemBuilder::new();
     let referee = builder.entity("referee", referee);

@@ -65,6 +65,20 @@ fn the_referee_rejects_an_illegal_move_and_asks_again() {
 }
 
 #[test]
+fn a_referee_without_boards_prints_each_move_alone() {
+    let referee = Referee::new("white", "black").max_plies(2).boards(false);
+    let (game, printout, _) = play(referee, scripted(&["e2e4"]), scripted(&["e7e5"]));
+    assert_eq!(game.moves(), ["e2e4", "e7e5"]);
+    assert!(printout.starts_with("white vs black\n1. e2e4\n1... e7e5\n"), "{printout}");
+    assert!(!printout.contains("a b c d e f g h"), "{printout}");
+    // With boards, each move comes with the board it led to.
+    let referee = Referee::new("white", "black").max_plies(1);
+    let (_, printout, _) = play(referee, scripted(&["e2e4"]), scripted(&[]));
+    assert_eq!(printout.matches("  a b c d e f g h").count(), 2, "{printout}");
+    assert!(printout.contains("1. e2e4\n8 r n b q k b n r\n"), "{printout}");
+}
+
+#[test]
 fn a_side_that_keeps_making_illegal_moves_forfeits() {
     let referee = Referee::new("white", "black");
     let (game, printout, _) = play(referee, scripted(&["e2e4"]), scripted(&["xyzzy", "e8e6", "a1a2"]));

@@ -139,6 +139,8 @@ pub struct Referee {
     sides: [String; 2],
     rejected: [usize; 2],
     output: Box<dyn Write + Send>,
+    /// Whether the board is printed after each move, not only the move.
+    boards: bool,
     stop_at_end: bool,
     game: Game,
 }
@@ -168,6 +170,7 @@ impl Referee {
             sides: [white.to_owned(), black.to_owned()],
             rejected: [0; 2],
             output: Box::new(std::io::stdout()),
+            boards: true,
             stop_at_end: true,
             game,
         }
@@ -192,6 +195,15 @@ impl Referee {
     #[must_use]
     pub fn output(mut self, output: impl Write + Send + 'static) -> Self {
         self.output = Box::new(output);
+        self
+    }
+
+    /// Whether the board is printed after each move, or only the move (default: the board too).
+    /// With a person at the terminal, turn it off: the position the person is asked to answer
+    /// shows the board already, right after the move that led to it.
+    #[must_use]
+    pub fn boards(mut self, boards: bool) -> Self {
+        self.boards = boards;
         self
     }
 
@@ -297,7 +309,10 @@ impl Referee {
         }
         let number = before.fullmove_number();
         let dots = if before.side_to_move() == Color::White { "." } else { "..." };
-        writeln!(self.output, "{number}{dots} {uci}\n{}", picture(&self.board))?;
+        writeln!(self.output, "{number}{dots} {uci}")?;
+        if self.boards {
+            writeln!(self.output, "{}", picture(&self.board))?;
+        }
         match self.outcome() {
             Some(outcome) => Ok(self.end(outcome, ctx)?),
             None => self.ask(ctx),
@@ -306,7 +321,10 @@ impl Referee {
 
     /// Asks White for the first move.
     fn start(&mut self, ctx: &mut Context<Position>) -> Result<(), BoxError> {
-        writeln!(self.output, "{} vs {}\n{}", self.sides[0], self.sides[1], picture(&self.board))?;
+        writeln!(self.output, "{} vs {}", self.sides[0], self.sides[1])?;
+        if self.boards {
+            writeln!(self.output, "{}", picture(&self.board))?;
+        }
         match self.outcome() {
             Some(outcome) => Ok(self.end(outcome, ctx)?),
             None => self.ask(ctx),
