@@ -65,6 +65,9 @@ pub struct UciEngine {
     name: String,
     movetime: Duration,
     timeout: Duration,
+    /// A search whose `bestmove` has not come: it timed out, and has yet to be stopped and its
+    /// late answer discarded.
+    searching: bool,
 }
 
 impl fmt::Debug for UciEngine {
@@ -110,6 +113,7 @@ impl UciEngine {
             name: program.display().to_string(),
             movetime: Duration::from_millis(100),
             timeout: Duration::from_secs(10),
+            searching: false,
         };
         engine.send("uci")?;
         while let Some(line) = engine.next_line("uciok")? {
@@ -190,21 +194,56 @@ impl UciEngine {
     }
 
     /// The engine's best move in `position`, in UCI notation.
+    ///
+    /// A search that times out is stopped (`stop`), and the `bestmove` it answers late is
+    /// discarded, then or before the next search: it never answers another position.
     pub fn best_move(&mut self, position: &Position) -> Result<String, UciError> {
-        // Answers left over from an earlier, failed query are not this one's.
+        if self.searching {
+            self.settle()?;
+        }
+        // Other lines left over from an earlier query (`info`, say) are not this one's.
         while self.lines.try_recv().is_ok() {}
         self.send(&format!("position fen {}", position.fen))?;
         self.send(&format!("go movetime {}", self.movetime.as_millis()))?;
-        while let Some(line) = self.next_line("bestmove")? {
+        self.searching = true;
+        loop {
+            let line = match self.next_line("bestmove") {
+                Ok(Some(line)) => line,
+                Ok(None) => return Err(UciError::Dead(self.name.clone())),
+                Err(UciError::Timeout(waiting)) => {
+                    // Stop the search now, so that its answer comes (and goes) before the
+                    // next one; an engine that does not answer `stop` in time is settled with
+                    // the next query.
+                    let _ = self.settle();
+                    return Err(UciError::Timeout(waiting));
+                }
+                Err(e) => return Err(e),
+            };
             let mut words = line.split_whitespace();
             if words.next() == Some("bestmove") {
+                self.searching = false;
                 return match words.next() {
                     Some("(none)") | None => Err(UciError::Protocol(line)),
                     Some(mv) => Ok(mv.to_owned()),
                 };
             }
         }
-        Err(UciError::Dead(self.name.clone()))
+    }
+
+    /// Stops the search under way and discards its `bestmove`, waiting at most the timeout.
+    fn settle(&mut self) -> Result<(), UciError> {
+        self.send("stop")?;
+        loop {
+            match self.lines.recv_timeout(self.timeout) {
+                Ok(line) if line.split_whitespace().next() == Some("bestmove") => {
+                    self.searching = false;
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => return Err(UciError::Timeout("bestmove after stop")),
+                Err(RecvTimeoutError::Disconnected) => return Err(UciError::Dead(self.name.clone())),
+            }
+        }
     }
 }
 
