@@ -229,8 +229,8 @@ fn fake_engine(name: &str, on_go: &str) -> std::path::PathBuf {
 
 #[test]
 fn a_late_bestmove_after_a_timeout_never_answers_the_next_position() {
-    // The first search answers after 800 ms, past the 400 ms the engine is given; the next ones
-    // after 100 ms. `stop` ends a search under way at once, as UCI engines do.
+    // The first search answers after 1 s, past the 500 ms the engine is given; the next ones
+    // after 300 ms, so the first one's answer would come in the middle of the third. `stop` ends a search under way at once, as UCI engines do.
     let path = std::env::temp_dir().join(format!("sophon-uci-{}", std::process::id())).join("slow");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let script = r#"#!/bin/sh
@@ -242,8 +242,8 @@ while read -r line; do
     isready) echo readyok ;;
     go*)
       n=$((n+1))
-      if [ "$n" -eq 1 ]; then (sleep 0.8; echo 'bestmove a2a3') & job=$!
-      else (sleep 0.1; echo "bestmove b2b$((n+1))") & job=$!
+      if [ "$n" -eq 1 ]; then (sleep 1; echo 'bestmove a2a3') & job=$!
+      else (sleep 0.3; echo "bestmove b2b$((n+1))") & job=$!
       fi ;;
     stop) if kill "$job" 2>/dev/null; then echo 'bestmove a2a3'; fi ;;
     quit) exit 0 ;;
@@ -253,12 +253,12 @@ done
     std::fs::write(&path, script).unwrap();
     assert!(std::process::Command::new("chmod").arg("+x").arg(&path).status().unwrap().success());
     let mut engine =
-        UciEngine::spawn(&path).unwrap().movetime(Duration::from_millis(1)).timeout(Duration::from_millis(400));
+        UciEngine::spawn(&path).unwrap().movetime(Duration::from_millis(1)).timeout(Duration::from_millis(500));
     let position = Position::start();
     let err = engine.best_move(&position).unwrap_err();
     assert!(err.to_string().contains("bestmove"), "{err}");
-    // Without the stop, the first search's a2a3 (at 800 ms) would come before this one's b2b3.
     assert_eq!(engine.best_move(&position).unwrap(), "b2b3");
+    // Without the stop, the first search's a2a3 (at 1 s) would answer this one (1.1 s).
     assert_eq!(engine.best_move(&position).unwrap(), "b2b4");
     // Long after, nothing stale is left to take a later answer's place.
     std::thread::sleep(Duration::from_millis(500));
@@ -269,7 +269,7 @@ done
 fn a_misbehaving_engine_process_is_an_error_reply() {
     let liar = UciEngine::spawn(fake_engine("liar", "echo 'info nonsense'; echo 'bestmove (none)'")).unwrap();
     assert_eq!(liar.name(), "liar");
-    let mute = UciEngine::spawn(fake_engine("mute", ":")).unwrap().timeout(Duration::from_millis(400));
+    let mute = UciEngine::spawn(fake_engine("mute", ":")).unwrap().timeout(Duration::from_millis(500));
     let mut builder = SystemBuilder::new();
     let liar = builder.entity("liar", liar);
     let mute = builder.entity("mute", mute);
