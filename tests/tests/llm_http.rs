@@ -24,6 +24,8 @@ enum Reply {
     Events(Vec<String>),
     /// Server-sent events, the second list only once the test says so on the channel.
     Gated(Vec<String>, Receiver<()>, Vec<String>),
+    /// Server-sent events, each written the given time after the last.
+    Paced(Vec<String>, Duration),
 }
 
 fn completion(text: &str) -> Reply {
@@ -109,6 +111,14 @@ fn serve(stream: TcpStream, reply: Reply, seen: &Mutex<Vec<Request>>) -> Option<
         Reply::Events(events) => {
             out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n").ok()?;
             write_events(&mut out, events)?;
+        }
+        Reply::Paced(events, pause) => {
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n").ok()?;
+            for event in events {
+                thread::sleep(pause);
+                out.write_all(format!("data: {event}\n\n").as_bytes()).ok()?;
+                out.flush().ok()?;
+            }
         }
         Reply::Gated(first, gate, rest) => {
             out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n").ok()?;
@@ -427,4 +437,45 @@ fn an_asked_model_that_fails_ends_the_reply_with_its_error() {
     assert!(std::error::Error::source(&err).is_some());
     let report = h.system.shutdown(WAIT);
     assert_eq!(report.entity("model").unwrap().stats.errors, 1);
+}
+
+/// The pieces of a reply "0 1 2 ... n-1", then its end.
+fn counted(n: usize) -> Vec<String> {
+    let mut events: Vec<String> = (0..n).map(|i| delta(&format!("{i} "))).collect();
+    events.push(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#.into());
+    events.push("[DONE]".into());
+    events
+}
+
+#[test]
+fn a_stream_longer_than_the_timeout_is_read_to_its_end_while_it_keeps_coming() {
+    // 12 pieces 50 ms apart: 600 ms in all, against a timeout of 250 ms of silence.
+    let server = FakeServer::start(vec![Reply::Paced(counted(12), Duration::from_millis(50))]);
+    let h = harness(quick(&server.url).timeout(Duration::from_millis(250)).retries(0));
+    let started = std::time::Instant::now();
+    let pieces: Vec<String> = h.model.ask("Count.".into()).unwrap().collect::<Result<_, _>>().unwrap();
+    assert!(started.elapsed() > Duration::from_millis(500), "the stream was not slow");
+    assert_eq!(pieces.concat(), "0 1 2 3 4 5 6 7 8 9 10 11 ");
+    assert!(h.system.shutdown(WAIT).is_clean());
+}
+
+#[test]
+fn a_stream_that_stalls_ends_with_an_error_after_the_timeout() {
+    let (_release, gate) = sophon::crossbeam_channel::bounded(1);
+    let server = FakeServer::start(vec![Reply::Gated(vec![delta("Hel")], gate, counted(1))]);
+    let h = harness(quick(&server.url).timeout(Duration::from_millis(300)).retries(0));
+    let started = std::time::Instant::now();
+    let mut reply = h.model.ask("Say hello".into()).unwrap();
+    assert_eq!(reply.recv_timeout(WAIT).unwrap().as_deref(), Some("Hel"));
+    let err = reply.recv_timeout(WAIT).unwrap_err();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(
+        err.to_string(),
+        "`model` failed to answer: the server stopped sending mid-reply: nothing came for 300 ms"
+    );
+    let failure = h.failures.recv_timeout(WAIT).unwrap();
+    let http = failure.error.downcast_ref::<sophon::backends::llm::HttpError>().unwrap();
+    assert!(matches!(http, sophon::backends::llm::HttpError::Stalled { .. }), "{http:?}");
+    h.system.shutdown(WAIT);
 }

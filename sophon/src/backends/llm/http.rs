@@ -43,6 +43,13 @@ pub enum HttpError {
     },
     /// The server's answer is not a chat completion.
     Malformed(String),
+    /// The server stopped sending in the middle of its answer for longer than the timeout.
+    Stalled {
+        /// How long it was silent.
+        after: Duration,
+        /// The read that timed out, also the error's `source()`.
+        source: std::io::Error,
+    },
 }
 
 impl fmt::Display for HttpError {
@@ -61,6 +68,9 @@ impl fmt::Display for HttpError {
                 if *attempts > 1 { write!(f, " after {attempts} attempts") } else { Ok(()) }
             }
             HttpError::Malformed(what) => write!(f, "malformed reply from the server: {what}"),
+            HttpError::Stalled { after, .. } => {
+                write!(f, "the server stopped sending mid-reply: nothing came for {} ms", after.as_millis())
+            }
         }
     }
 }
@@ -69,6 +79,7 @@ impl std::error::Error for HttpError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             HttpError::Unreachable { source, .. } => Some(source),
+            HttpError::Stalled { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -129,7 +140,7 @@ impl HttpLlm {
     /// A model called `model` at `base_url`, the URL that `/chat/completions` follows
     /// (`http://localhost:11434/v1` for Ollama, `https://api.openai.com/v1` for OpenAI).
     ///
-    /// No API key, 120 s per request, 3 retries from 500 ms of backoff.
+    /// No API key, a timeout of 120 s of silence, 3 retries from 500 ms of backoff.
     pub fn new(base_url: impl AsRef<str>, model: impl Into<String>) -> Self {
         let timeout = Duration::from_secs(120);
         HttpLlm {
@@ -184,7 +195,10 @@ impl HttpLlm {
         self
     }
 
-    /// The longest one request may take, connecting included (default 120 s).
+    /// The longest the server may stay silent (default 120 s): to connect (at most 10 s), and
+    /// between any two reads of its answer. A reply streamed for longer than this is read to
+    /// its end as long as the server keeps sending; one that stalls ends with
+    /// [`HttpError::Stalled`].
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -252,7 +266,12 @@ impl HttpLlm {
                     let status = response.status().as_u16();
                     if status == 200 {
                         let reader = BufReader::new(response.into_body().into_reader());
-                        return if streaming { read_stream(reader, stream) } else { read_reply(reader) };
+                        let stalled = |e: std::io::Error| stalled(e, self.timeout);
+                        return if streaming {
+                            read_stream(reader, stream, stalled)
+                        } else {
+                            read_reply(reader, stalled)
+                        };
                     }
                     let retry_after = response
                         .headers()
@@ -278,15 +297,31 @@ impl HttpLlm {
     }
 }
 
-/// An HTTP agent that hands every status back (they are handled here) and gives up on a request
-/// after `timeout`, or on connecting after 10 s.
+/// An HTTP agent that hands every status back (they are handled here) and gives up when the
+/// server is silent for `timeout` (on any one read or write), or on connecting after 10 s. There
+/// is no limit on the whole request: a long streamed reply is read while it keeps coming.
 fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(timeout))
+        .timeout_global(None)
+        .timeout_per_read(Some(timeout))
+        .timeout_per_write(Some(timeout))
         .timeout_connect(Some(timeout.min(Duration::from_secs(10))))
         .build()
         .into()
+}
+
+/// A failed read of the answer's body: a stall when the read timed out, else a broken reply.
+fn stalled(e: std::io::Error, timeout: Duration) -> HttpError {
+    let timed_out = e.kind() == std::io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+            .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)));
+    if timed_out {
+        HttpError::Stalled { after: timeout, source: e }
+    } else {
+        HttpError::Malformed(format!("the reply broke off: {e}"))
+    }
 }
 
 /// The message of an error body: `error.message` when it is OpenAI's JSON, else the text.
@@ -304,9 +339,9 @@ fn error_message(body: String) -> String {
 }
 
 /// Reads a whole (not streamed) chat completion: `choices[0].message.content`.
-fn read_reply(mut reader: impl BufRead) -> Result<String, HttpError> {
+fn read_reply(mut reader: impl BufRead, failed: impl Fn(std::io::Error) -> HttpError) -> Result<String, HttpError> {
     let mut body = String::new();
-    reader.read_to_string(&mut body).map_err(|e| HttpError::Malformed(format!("cannot read the body: {e}")))?;
+    reader.read_to_string(&mut body).map_err(failed)?;
     let value: Value = serde_json::from_str(&body).map_err(|e| HttpError::Malformed(format!("not JSON: {e}")))?;
     value
         .pointer("/choices/0/message/content")
@@ -316,11 +351,15 @@ fn read_reply(mut reader: impl BufRead) -> Result<String, HttpError> {
 }
 
 /// Reads a streamed chat completion (server-sent events), passing each piece on as it arrives.
-fn read_stream(reader: impl BufRead, stream: &mut Stream<'_>) -> Result<String, HttpError> {
+fn read_stream(
+    reader: impl BufRead,
+    stream: &mut Stream<'_>,
+    failed: impl Fn(std::io::Error) -> HttpError,
+) -> Result<String, HttpError> {
     let mut reply = String::new();
     let mut done = false;
     for line in reader.lines() {
-        let line = line.map_err(|e| HttpError::Malformed(format!("the stream broke: {e}")))?;
+        let line = line.map_err(&failed)?;
         // Other fields (`event:`, `id:`) and comments (`:`) carry nothing here.
         let Some(data) = line.strip_prefix("data:") else { continue };
         let data = data.trim();
