@@ -197,3 +197,48 @@ fn an_asked_model_streams_its_tokens_to_the_asker_and_nothing_to_its_siblings() 
     assert!(replies.try_recv().is_err(), "an asked reply goes to the asker only");
     assert!(system.shutdown(WAIT).is_clean());
 }
+
+/// Runs `turns` as one conversation on one model; returns the replies and, per turn, how many
+/// prompt tokens came from the cache, and the conversation.
+fn converse(options: &ChatOptions, turns: &[&str]) -> (Vec<String>, Vec<usize>, Vec<Turn>) {
+    let shared = Conversation::default();
+    let (system, model, replies) = spawn(load(options.clone()).conversation(shared.clone()));
+    let (mut kept, mut reused) = (Vec::new(), Vec::new());
+    let mut spare = load(options.clone());
+    for turn in turns {
+        kept.push(ask(&model, &replies, turn));
+        // Swap the model out and back in to read how much of its prompt came from the cache.
+        let used = *model.swap(spare).unwrap().downcast::<LocalLlm>().ok().unwrap();
+        reused.push(used.reused_tokens());
+        spare = *model.swap(used).unwrap().downcast::<LocalLlm>().ok().unwrap();
+    }
+    assert!(system.shutdown(WAIT).is_clean());
+    (kept, reused, shared.turns())
+}
+
+#[test]
+fn each_turn_runs_only_what_is_new_and_answers_as_a_fresh_model_would() {
+    let options = ChatOptions::new().max_tokens(16).seed(5);
+    let turns = ["My name is Ada.", "I like chess.", "What is my name?", "What game do I like?"];
+    let (kept, reused, conversation) = converse(&options, &turns);
+    assert_eq!(reused[0], 0, "nothing is cached before the first turn");
+    assert!(reused.windows(2).all(|w| w[1] > w[0]), "each turn runs only what is new: {reused:?}");
+    assert_eq!(conversation.len(), 2 * turns.len());
+    // The same conversation again gives the same replies: the cache keeps them reproducible.
+    assert_eq!(converse(&options, &turns).0, kept);
+
+    // A fresh model per turn, given the conversation up to it, runs the whole prompt at once;
+    // its sums are ordered differently, so a near tie may later go the other way, but the reply
+    // starts the same (a cache at the wrong positions would not).
+    for (i, turn) in turns.iter().enumerate() {
+        let earlier = Conversation::default();
+        for said in &conversation[..2 * i] {
+            earlier.push(said.clone());
+        }
+        let (system, model, replies) = spawn(load(options.clone()).conversation(earlier));
+        let fresh = ask(&model, &replies, turn);
+        let first_word = |s: &str| s.split_whitespace().next().map(str::to_owned);
+        assert_eq!(first_word(&fresh), first_word(&kept[i]), "turn {}: {fresh:?} against {:?}", i + 1, kept[i]);
+        assert!(system.shutdown(WAIT).is_clean());
+    }
+}

@@ -134,6 +134,10 @@ pub struct LocalLlm {
     options: ChatOptions,
     conversation: Conversation,
     repeat_penalty: f32,
+    /// The tokens whose keys and values the model's cache holds, in order.
+    cached: Vec<u32>,
+    /// How many tokens of the last prompt the cache already held.
+    reused: usize,
 }
 
 impl fmt::Debug for LocalLlm {
@@ -215,6 +219,8 @@ impl LocalLlm {
             options,
             conversation: Conversation::default(),
             repeat_penalty: 1.1,
+            cached: Vec::new(),
+            reused: 0,
         })
     }
 
@@ -248,6 +254,15 @@ impl LocalLlm {
     /// The conversation this model keeps.
     pub fn get_conversation(&self) -> &Conversation {
         &self.conversation
+    }
+
+    /// How many tokens of the last reply's prompt came from the model's cache rather than being
+    /// run through the model again: a conversation's next turn extends the prompt of the one
+    /// before, whose keys and values are kept, so only the new turn is run. 0 when the prompt
+    /// does not extend what the cache holds (the first turn, a conversation changed by another
+    /// model or cut to fit the context).
+    pub fn reused_tokens(&self) -> usize {
+        self.reused
     }
 
     /// How many tokens `text` is to this model.
@@ -298,9 +313,34 @@ impl LocalLlm {
         }
     }
 
-    /// Generates the reply to `messages`, streaming its pieces.
+    /// Generates the reply to `messages`, streaming its pieces. After a failure the cache is
+    /// dropped, since what it holds is no longer known.
     fn generate(&mut self, messages: &[Turn], stream: &mut Stream<'_>) -> Result<String, LocalLlmError> {
+        let result = self.generate_cached(messages, stream);
+        if result.is_err() {
+            self.model.clear_kv_cache();
+            self.cached.clear();
+        }
+        result
+    }
+
+    /// Where to start running the prompt: after the part of it the cache holds, when the cache
+    /// holds a beginning of it (and not all of it: the last token must run to give logits);
+    /// else at 0, with the cache cleared (it cannot be cut back).
+    fn resume_at(&mut self, prompt: &[u32]) -> usize {
+        let common = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        if common > 0 && common == self.cached.len() && common < prompt.len() {
+            return common;
+        }
+        self.model.clear_kv_cache();
+        self.cached.clear();
+        0
+    }
+
+    fn generate_cached(&mut self, messages: &[Turn], stream: &mut Stream<'_>) -> Result<String, LocalLlmError> {
         let prompt = self.prompt(messages)?;
+        let start = self.resume_at(&prompt);
+        self.reused = start;
         let sampling = if self.options.temperature <= 0.0 {
             Sampling::ArgMax
         } else {
@@ -310,14 +350,17 @@ impl LocalLlm {
         let mut decoder = self.tokenizer.decode_stream(true);
         let mut reply = String::new();
         let mut generated: Vec<u32> = Vec::with_capacity(self.options.max_tokens);
-        self.model.clear_kv_cache();
 
-        let mut input =
-            Tensor::new(prompt.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(generate_error)?;
-        let mut position = 0;
+        // What runs through the model next: the part of the prompt the cache lacks, then each
+        // token as it is chosen.
+        let mut fed: Vec<u32> = prompt[start..].to_vec();
+        let mut position = start;
         while generated.len() < self.options.max_tokens {
+            let input =
+                Tensor::new(fed.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(generate_error)?;
             let logits = self.model.forward(&input, position).and_then(|l| l.squeeze(0)).map_err(generate_error)?;
-            position += input.dim(1).map_err(generate_error)?;
+            self.cached.extend_from_slice(&fed);
+            position += fed.len();
             let logits = if self.repeat_penalty == 1.0 || generated.is_empty() {
                 logits
             } else {
@@ -335,7 +378,8 @@ impl LocalLlm {
                 // A stream target that is gone must not lose the reply for the others.
                 let _ = stream.piece(&piece);
             }
-            input = Tensor::new(&[next], &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(generate_error)?;
+            fed.clear();
+            fed.push(next);
         }
         Ok(reply.trim().to_owned())
     }
