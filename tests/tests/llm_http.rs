@@ -186,6 +186,7 @@ fn a_plain_reply_is_sent_on_and_remembered() {
     assert_eq!(first["max_tokens"], 9);
     assert_eq!(first["seed"], 4);
     assert!(first.get("stream").is_none());
+    assert!(first.get("top_p").is_none() && first.get("top_k").is_none(), "sent only when set");
     assert_eq!(
         first["messages"],
         serde_json::json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}])
@@ -478,4 +479,18 @@ fn a_stream_that_stalls_ends_with_an_error_after_the_timeout() {
     let http = failure.error.downcast_ref::<sophon::backends::llm::HttpError>().unwrap();
     assert!(matches!(http, sophon::backends::llm::HttpError::Stalled { .. }), "{http:?}");
     h.system.shutdown(WAIT);
+}
+
+#[test]
+fn top_p_and_top_k_are_sent_when_set() {
+    let server = FakeServer::start(vec![completion("Hi.")]);
+    let h = harness(quick(&server.url).options(ChatOptions::new().temperature(0.2).top_p(0.9).top_k(40)));
+    h.model.query("Hello".into()).unwrap();
+    assert_eq!(h.replies.recv_timeout(WAIT).unwrap(), "Hi.");
+    h.system.shutdown(WAIT);
+    let body = &server.requests()[0].body;
+    assert_eq!(
+        (body["temperature"].as_f64(), body["top_p"].as_f64(), body["top_k"].as_u64()),
+        (Some(0.2), Some(0.9), Some(40))
+    );
 }

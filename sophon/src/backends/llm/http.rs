@@ -250,6 +250,12 @@ impl HttpLlm {
             "temperature": self.options.temperature,
             "seed": self.options.seed,
         });
+        if let Some(p) = self.options.top_p {
+            body["top_p"] = json!(p);
+        }
+        if let Some(k) = self.options.top_k {
+            body["top_k"] = json!(k);
+        }
         if streaming {
             body["stream"] = Value::Bool(true);
         }

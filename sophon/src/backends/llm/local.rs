@@ -341,10 +341,13 @@ impl LocalLlm {
         let prompt = self.prompt(messages)?;
         let start = self.resume_at(&prompt);
         self.reused = start;
-        let sampling = if self.options.temperature <= 0.0 {
-            Sampling::ArgMax
-        } else {
-            Sampling::All { temperature: self.options.temperature }
+        let temperature = self.options.temperature;
+        let sampling = match (self.options.top_k, self.options.top_p) {
+            _ if temperature <= 0.0 => Sampling::ArgMax,
+            (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
+            (Some(k), None) => Sampling::TopK { k, temperature },
+            (None, Some(p)) => Sampling::TopP { p, temperature },
+            (None, None) => Sampling::All { temperature },
         };
         let mut sampler = LogitsProcessor::from_sampling(self.options.seed, sampling);
         let mut decoder = self.tokenizer.decode_stream(true);

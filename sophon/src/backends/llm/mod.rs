@@ -176,13 +176,23 @@ pub struct ChatOptions {
     system_prompt: Option<String>,
     max_tokens: usize,
     temperature: f64,
+    top_p: Option<f64>,
+    top_k: Option<usize>,
     seed: u64,
     stream_to: Option<String>,
 }
 
 impl Default for ChatOptions {
     fn default() -> Self {
-        ChatOptions { system_prompt: None, max_tokens: 256, temperature: 0.0, seed: 299_792_458, stream_to: None }
+        ChatOptions {
+            system_prompt: None,
+            max_tokens: 256,
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            seed: 299_792_458,
+            stream_to: None,
+        }
     }
 }
 
@@ -210,6 +220,23 @@ impl ChatOptions {
     #[must_use]
     pub fn temperature(mut self, temperature: f64) -> Self {
         self.temperature = temperature;
+        self
+    }
+
+    /// Samples only from the most likely tokens whose probabilities add up to `p` (nucleus
+    /// sampling), when the temperature is above 0. Sent to HTTP servers as `top_p`.
+    #[must_use]
+    pub fn top_p(mut self, p: f64) -> Self {
+        self.top_p = Some(p);
+        self
+    }
+
+    /// Samples only from the `k` most likely tokens, when the temperature is above 0. Sent to
+    /// HTTP servers as `top_k` (which llama.cpp's server, vLLM and Ollama read; OpenAI ignores
+    /// it).
+    #[must_use]
+    pub fn top_k(mut self, k: usize) -> Self {
+        self.top_k = Some(k);
         self
     }
 
@@ -241,6 +268,16 @@ impl ChatOptions {
     /// The sampling temperature.
     pub fn get_temperature(&self) -> f64 {
         self.temperature
+    }
+
+    /// The nucleus sampling threshold, if any.
+    pub fn get_top_p(&self) -> Option<f64> {
+        self.top_p
+    }
+
+    /// The top-k sampling limit, if any.
+    pub fn get_top_k(&self) -> Option<usize> {
+        self.top_k
     }
 
     /// The sampling seed.
