@@ -6,7 +6,9 @@
 //! cargo run --release --example model_speed -- --tokens 200
 //! ```
 //!
-//! `--tokens N` is the longest reply (default 64); the model is the one `scripts/chat` uses.
+//! `--tokens N` is the longest reply of the conversation (default 64; the long reply takes at
+//! least 200); the model is the one `scripts/chat` uses.
+//! `scripts/bench-llama-cpp.py` measures llama.cpp the same way, for comparison.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,9 @@ const TURNS: [&str; 10] = [
     "How do I keep a cat off the kitchen counter?",
     "Remind me: what is my name and where do I live?",
 ];
+
+/// The prompt of the long reply.
+const STORY: &str = "Write a long story about a dragon who becomes a baker.";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut tokens = 64;
@@ -66,6 +71,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "overall: {:.1} tokens/s after the first token of each reply",
         generated as f64 / generating.as_secs_f64().max(1e-9)
     );
+
+    // One long reply on a fresh conversation: the rate the model holds over many tokens.
+    let long = LocalLlm::load(None, ChatOptions::new().max_tokens(tokens.max(200)))?;
+    let mut builder = SystemBuilder::new();
+    let story = builder.entity("story", long);
+    let system2 = builder.spawn()?;
+    let story = system2.handle(&story);
+    let asked = Instant::now();
+    let mut reply = story.ask(STORY.to_string())?;
+    let mut text = reply.recv()?.unwrap_or_default();
+    let ttft = asked.elapsed();
+    for piece in reply {
+        text.push_str(&piece?);
+    }
+    let rest = asked.elapsed() - ttft;
+    let count = counter.count_tokens(&text)?;
+    println!(
+        "long reply: {count} tokens, first after {:.1} ms, then {:.1} tokens/s",
+        ttft.as_secs_f64() * 1e3,
+        count.saturating_sub(1) as f64 / rest.as_secs_f64().max(1e-9)
+    );
+    system2.shutdown(Duration::from_secs(30));
     system.shutdown(Duration::from_secs(30));
     Ok(())
 }
