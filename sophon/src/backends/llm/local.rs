@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
@@ -207,7 +207,13 @@ impl LocalLlm {
 
         let bos = token(id("tokenizer.ggml.bos_token_id"));
         let eos = token(eos_id);
-        let model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).map_err(|e| err(&e))?;
+        let model = match requantized(&content, &mut file).map_err(|e| err(&e))? {
+            Some(mut requantized) => {
+                let content = gguf_file::Content::read(&mut requantized).map_err(|e| err(&e))?;
+                ModelWeights::from_gguf(content, &mut requantized, &Device::Cpu).map_err(|e| err(&e))?
+            }
+            None => ModelWeights::from_gguf(content, &mut file, &Device::Cpu).map_err(|e| err(&e))?,
+        };
         Ok(LocalLlm {
             model,
             tokenizer,
@@ -324,6 +330,29 @@ impl LocalLlm {
         result
     }
 
+    /// The logits of the token that would follow `messages` (rendered with the chat template),
+    /// run through the model as a reply's prompt is: after what the cache holds, when it holds a
+    /// beginning of it. For tests that compare the cached and the fresh paths.
+    #[doc(hidden)]
+    pub fn next_token_logits(&mut self, messages: &[Turn]) -> Result<Vec<f32>, LocalLlmError> {
+        let prompt = self.prompt(messages)?;
+        let start = self.resume_at(&prompt);
+        self.reused = start;
+        let fed = &prompt[start..];
+        let input = Tensor::new(fed, &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(generate_error)?;
+        let logits = self.model.forward(&input, start).and_then(|l| l.squeeze(0)).map_err(generate_error);
+        let logits = match logits.and_then(|l| l.to_vec1::<f32>().map_err(generate_error)) {
+            Ok(logits) => logits,
+            Err(e) => {
+                self.model.clear_kv_cache();
+                self.cached.clear();
+                return Err(e);
+            }
+        };
+        self.cached.extend_from_slice(fed);
+        Ok(logits)
+    }
+
     /// Where to start running the prompt: after the part of it the cache holds, when the cache
     /// holds a beginning of it (and not all of it: the last token must run to give logits);
     /// else at 0, with the cache cleared (it cannot be cut back).
@@ -386,6 +415,38 @@ impl LocalLlm {
         }
         Ok(reply.trim().to_owned())
     }
+}
+
+/// Quantizations candle multiplies with scalar code only: their weights are converted to 8 bits
+/// at load, whose product has SIMD code (AVX2 on x86-64, NEON on Arm) and is about three times as
+/// fast. 8 bits hold a 4- or 5-bit weight with an error far below the one it already carries.
+const SCALAR_ONLY: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
+
+/// The model file with its [`SCALAR_ONLY`] tensors converted to `Q8_0`, as a GGUF in memory;
+/// `None` when it has none.
+fn requantized(
+    content: &gguf_file::Content,
+    file: &mut BufReader<File>,
+) -> candle_core::Result<Option<std::io::Cursor<Vec<u8>>>> {
+    if !content.tensor_infos.values().any(|info| SCALAR_ONLY.contains(&info.ggml_dtype)) {
+        return Ok(None);
+    }
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let mut tensor = content.tensor(file, name, &Device::Cpu)?;
+        if SCALAR_ONLY.contains(&tensor.dtype()) {
+            tensor = QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?;
+        }
+        tensors.push((name.as_str(), tensor));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(name, tensor)| (*name, tensor)).collect();
+    let mut out = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut out, &metadata, &tensors)?;
+    out.set_position(0);
+    Ok(Some(out))
 }
 
 /// A byte-level BPE tokenizer (GPT-2's scheme, as SmolLM2 and Llama 3 use) from a GGUF's
