@@ -20,6 +20,11 @@ use sophon::backends::llm::{ChatOptions, HttpLlm, LocalLlm};
 use sophon::backends::person::Person;
 use sophon::{AskError, BoxBackend, ReplyErrorKind, agent_system};
 
+/// The system prompt unless `--system` gives one: of those tried, the one whose replies most
+/// often recalled what was said earlier (`examples/model_recall.rs`, BENCHMARKS.md).
+const DEFAULT_SYSTEM: &str =
+    "You are a helpful assistant. Answer briefly, using what the user told you earlier in the conversation.";
+
 const USAGE: &str = "usage: chat [--http URL [--model NAME]] [--model-path FILE] [--system PROMPT] \
                      [--max-tokens N] [--seed N]";
 
@@ -64,8 +69,7 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
-    let mut options = ChatOptions::new()
-        .system_prompt(args.system.unwrap_or_else(|| "You are a helpful assistant. Answer briefly.".into()));
+    let mut options = ChatOptions::new().system_prompt(args.system.unwrap_or_else(|| DEFAULT_SYSTEM.into()));
     if let Some(n) = args.max_tokens {
         options = options.max_tokens(n);
     }

@@ -44,6 +44,9 @@ const PLAIN: &str = "You are a helpful assistant. Answer briefly.";
 const REMEMBER: &str =
     "You are a helpful assistant. Answer briefly, using what the user told you earlier in the conversation.";
 
+const ABOUT_USER: &str = "You are a helpful assistant talking with a user. When the user asks about themselves (their name, what they like), answer from what they told you earlier. Answer briefly.";
+const KEEP_NOTES: &str = "You are a helpful assistant. Remember what the user tells you about themselves and use it in your answers. Answer briefly.";
+
 const SETTINGS: &[Setting] = &[
     Setting {
         name: "greedy, penalty 1.1 (the old default)",
@@ -77,6 +80,20 @@ const SETTINGS: &[Setting] = &[
     Setting {
         name: "greedy, penalty 1.1, remembering prompt",
         system: REMEMBER,
+        temperature: 0.0,
+        top_p: None,
+        repeat_penalty: 1.1,
+    },
+    Setting {
+        name: "greedy, penalty 1.1, about-the-user prompt",
+        system: ABOUT_USER,
+        temperature: 0.0,
+        top_p: None,
+        repeat_penalty: 1.1,
+    },
+    Setting {
+        name: "greedy, penalty 1.1, keep-notes prompt",
+        system: KEEP_NOTES,
         temperature: 0.0,
         top_p: None,
         repeat_penalty: 1.1,
