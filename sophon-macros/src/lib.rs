@@ -107,6 +107,24 @@ use proc_macro::TokenStream;
 /// }
 /// # let _ = Router;
 /// ```
+///
+/// `#[backend(blocking)]` says that the backend blocks its thread (it reads a terminal, waits
+/// on a process, computes for seconds), so that a system run by a pool gives it a thread of its
+/// own (`Backend::blocking`):
+///
+/// ```
+/// use sophon::{backend, Backend};
+///
+/// struct Slow;
+///
+/// #[backend(blocking)]
+/// impl Slow {
+///     fn query(&mut self, ms: u64) {
+///         std::thread::sleep(std::time::Duration::from_millis(ms));
+///     }
+/// }
+/// assert!(Slow.blocking());
+/// ```
 #[proc_macro_attribute]
 pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
     backend::expand(args.into(), item.into()).into()

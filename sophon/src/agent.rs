@@ -5,16 +5,17 @@ use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use crossbeam_utils::Backoff;
 
 use crate::backend::{Backend, BoxBackend};
-use crate::context::Context;
+use crate::context::{Context, Waiting};
 use crate::entity::{Core, EntityState, Envelope, Port};
 use crate::err::BoxError;
 use crate::message::HandlerKind;
+use crate::pool::{Runnable, Step};
 use crate::reply::{Asker, ReplyErrorKind};
 use crate::restart::{FactoryFailed, Supervisor};
 use crate::shared::{Failure, PanicError};
@@ -34,6 +35,15 @@ pub(crate) struct Agent<I, O> {
     pub(crate) ctx: Context<O>,
     /// The restart policy and factory, if the entity has them.
     supervisor: Option<Supervisor<I, O>>,
+    /// Whether the entity's queues are bounded: taking a message then wakes senders waiting
+    /// for room.
+    bounded: bool,
+    /// Whether the `start` hook has run (the pool runtime runs it in the agent's first turn).
+    started: bool,
+    /// How the agent ended, while it still has deferred sends to deliver (pool runtime).
+    ending: Option<EntityState>,
+    /// The kind of the last handler run: a deferred send given up is its error.
+    last_kind: HandlerKind,
     timing: Timing,
     // Mirrors of the counters only this agent writes, so that publishing one is a plain store.
     received: u64,
@@ -141,6 +151,16 @@ enum Incoming<I, O> {
     Envelope(Envelope<I, O>),
 }
 
+/// Whether the agent goes on after a message.
+enum Next {
+    Continue,
+    End(EntityState),
+}
+
+/// How long an agent waiting for room in a full output channel waits before it looks again:
+/// nobody tells it when the reader makes room.
+const OUTPUT_RETRY: Duration = Duration::from_millis(1);
+
 /// Whether the agent goes on after a handler.
 #[derive(PartialEq, Eq)]
 enum Flow {
@@ -149,9 +169,18 @@ enum Flow {
 }
 
 impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
-    pub(crate) fn new(port: Arc<Port<I, O>>, backend: BoxBackend<I, O>, supervisor: Option<Supervisor<I, O>>) -> Self {
+    pub(crate) fn new(
+        port: Arc<Port<I, O>>,
+        backend: BoxBackend<I, O>,
+        supervisor: Option<Supervisor<I, O>>,
+        bounded: bool,
+    ) -> Self {
         Agent {
             supervisor,
+            bounded,
+            started: false,
+            ending: None,
+            last_kind: HandlerKind::Query,
             queries: port.queries_rx.clone(),
             inbox: port.inbox_rx.clone(),
             from_inbox: false,
@@ -176,8 +205,15 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         &self.core
     }
 
+    /// Whether the backend says it blocks (see [`Backend::blocking`]).
+    pub(crate) fn blocking(&self) -> bool {
+        self.backend.blocking()
+    }
+
+    /// Runs the agent on the calling thread, its own, until it ends.
     pub(crate) fn run(mut self) {
         self.core.enter();
+        self.started = true;
         let end = match self.activate(HandlerKind::Start, |b, ctx| b.start(ctx)) {
             Flow::Failed => EntityState::Failed,
             Flow::Continue => self.serve(),
@@ -185,8 +221,16 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         self.finish(end);
     }
 
-    /// The loop: two queues (see [`Port`]), a clock read per batch of messages (see
-    /// [`Timing`]), and plain stores to counters only this thread writes.
+    /// Makes this agent one of the pool's: its sends to full bounded queues are deferred
+    /// rather than waited for (see [`Context::flush`]).
+    pub(crate) fn pooled(mut self) -> PoolAgent<I, O> {
+        self.ctx.defer_when_full();
+        PoolAgent { agent: Some(self) }
+    }
+
+    /// The loop of an agent with a thread of its own: two queues (see [`Port`]), a clock read
+    /// per batch of messages (see [`Timing`]), and plain stores to counters only this thread
+    /// writes.
     fn serve(&mut self) -> EntityState {
         loop {
             if self.ctx.has_timers() && self.fire_due_timer() == Flow::Failed {
@@ -205,38 +249,107 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                     }
                 }
             };
-            let flow = match incoming {
-                Incoming::Query(body) | Incoming::Envelope(Envelope::Query(body)) => {
-                    self.handle(HandlerKind::Query, body)
-                }
-                Incoming::Envelope(Envelope::Read(body)) => self.handle(HandlerKind::Read, body),
-                Incoming::Envelope(Envelope::Ask(ask)) => {
-                    let (body, asker) = *ask;
-                    self.handle_ask(body, asker)
-                }
-                Incoming::Envelope(Envelope::Nop) => {
-                    let flow = self.catch_up();
-                    self.close_batch();
-                    return match flow {
-                        Flow::Continue => self.cleanup(),
-                        Flow::Failed => EntityState::Failed,
-                    };
-                }
-                Incoming::Envelope(Envelope::Swap(request)) => {
-                    if self.catch_up() == Flow::Failed {
-                        let _ = request.reply.send(Err(request.backend));
-                        return EntityState::Failed;
-                    }
-                    self.close_batch();
-                    let old = std::mem::replace(&mut self.backend, request.backend);
-                    let _ = request.reply.send(Ok(old));
-                    self.timing.restart();
-                    Flow::Continue
-                }
-            };
-            if flow == Flow::Failed {
-                return EntityState::Failed;
+            if let Next::End(state) = self.dispatch(incoming) {
+                return state;
             }
+        }
+    }
+
+    /// One turn of an agent of the pool runtime: at most `budget` messages, then it tells its
+    /// worker whether it is idle, has more to do, waits for room, or has ended (`Err`).
+    fn turn(&mut self, budget: u32) -> Result<Step, EntityState> {
+        if !self.started {
+            self.started = true;
+            if self.activate(HandlerKind::Start, |b, ctx| b.start(ctx)) == Flow::Failed {
+                return Err(EntityState::Failed);
+            }
+        }
+        self.timing.restart();
+        for _ in 0..budget {
+            if self.ctx.has_deferred()
+                && let Some(step) = self.flush()
+            {
+                self.close_batch();
+                return Ok(step);
+            }
+            if self.ctx.has_timers() && self.fire_due_timer() == Flow::Failed {
+                return Err(EntityState::Failed);
+            }
+            let Some(incoming) = self.try_next() else {
+                self.close_batch();
+                if self.ctx.has_deferred()
+                    && let Some(step) = self.flush()
+                {
+                    return Ok(step);
+                }
+                return Ok(Step::Idle(self.ctx.next_deadline()));
+            };
+            if let Next::End(state) = self.dispatch(incoming) {
+                return Err(state);
+            }
+        }
+        self.close_batch();
+        Ok(Step::Yield)
+    }
+
+    /// Sends what the last handlers deferred for want of room (see [`Context::flush`]); `None`
+    /// once all of it is sent, or how the agent waits for room.
+    fn flush(&mut self) -> Option<Step> {
+        let task = self.core.task.get().cloned();
+        let (waiting, error) = self.ctx.flush(task.as_ref());
+        if let Some(error) = error {
+            self.failed(self.last_kind, Box::new(error));
+        }
+        match waiting {
+            Waiting::No => {
+                // The messages whose sends were deferred are handled now.
+                self.core.counters.handled.store(self.handled, Ordering::Release);
+                None
+            }
+            // Whoever makes room wakes the agent.
+            Waiting::OnEntity => Some(Step::Blocked(None)),
+            // Nobody says when an output channel has room: look again shortly.
+            Waiting::OnOutput => Some(Step::Blocked(Some(Instant::now() + OUTPUT_RETRY))),
+        }
+    }
+
+    /// Handles one message; `End` when the agent is done.
+    #[inline(always)]
+    fn dispatch(&mut self, incoming: Incoming<I, O>) -> Next {
+        if self.bounded {
+            // A sender may wait for the room this message made.
+            self.core.room.wake();
+        }
+        let flow = match incoming {
+            Incoming::Query(body) | Incoming::Envelope(Envelope::Query(body)) => self.handle(HandlerKind::Query, body),
+            Incoming::Envelope(Envelope::Read(body)) => self.handle(HandlerKind::Read, body),
+            Incoming::Envelope(Envelope::Ask(ask)) => {
+                let (body, asker) = *ask;
+                self.handle_ask(body, asker)
+            }
+            Incoming::Envelope(Envelope::Nop) => {
+                let flow = self.catch_up();
+                self.close_batch();
+                return Next::End(match flow {
+                    Flow::Continue => self.cleanup(),
+                    Flow::Failed => EntityState::Failed,
+                });
+            }
+            Incoming::Envelope(Envelope::Swap(request)) => {
+                if self.catch_up() == Flow::Failed {
+                    let _ = request.reply.send(Err(request.backend));
+                    return Next::End(EntityState::Failed);
+                }
+                self.close_batch();
+                let old = std::mem::replace(&mut self.backend, request.backend);
+                let _ = request.reply.send(Ok(old));
+                self.timing.restart();
+                Flow::Continue
+            }
+        };
+        match flow {
+            Flow::Continue => Next::Continue,
+            Flow::Failed => Next::End(EntityState::Failed),
         }
     }
 
@@ -346,6 +459,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
     /// Runs a query or read handler and counts it.
     #[inline(always)]
     fn handle(&mut self, kind: HandlerKind, body: I) -> Flow {
+        self.last_kind = kind;
         self.received += 1;
         self.core().counters.received.store(self.received, Ordering::Relaxed);
         let (backend, ctx) = (&mut self.backend, &mut self.ctx);
@@ -362,9 +476,13 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                     self.failed(kind, error);
                 }
                 // Published last, with release: it marks the message done (see
-                // `System::quiescent`).
+                // `System::quiescent`). A message whose sends wait for room (pool runtime) is
+                // done once they are delivered, as it would be in a system of threads, where
+                // its handler waits in `send`.
                 self.handled += 1;
-                self.core.counters.handled.store(self.handled, Ordering::Release);
+                if !self.ctx.has_deferred() {
+                    self.core.counters.handled.store(self.handled, Ordering::Release);
+                }
                 Flow::Continue
             }
             Err(payload) => {
@@ -411,6 +529,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         // Announce the run, then look at `stopping`; the shutdown sets `stopping`, then reads
         // the announcements. With both sides sequentially consistent, either this run sees
         // `stopping` and does not start, or the shutdown sees the run and waits for it.
+        self.last_kind = kind;
         self.activations += 1;
         self.core.counters.activations.store(self.activations, Ordering::SeqCst);
         let flow = if self.core.shared.stopping.load(Ordering::SeqCst) {
@@ -537,6 +656,47 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         drop((ctx, supervisor));
         port.core.ended.store(true, Ordering::Release);
         port.core.shared.agent_ended();
+    }
+}
+
+/// An agent of the pool runtime, run in turns by the pool's workers.
+pub(crate) struct PoolAgent<I, O> {
+    /// `None` once it has ended.
+    agent: Option<Agent<I, O>>,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Runnable for PoolAgent<I, O> {
+    fn turn(&mut self, budget: u32) -> Step {
+        let Some(agent) = self.agent.as_mut() else { return Step::Done };
+        agent.core.enter();
+        let end = match agent.ending {
+            // Ended, with sends still to deliver: the sends first.
+            Some(state) => match agent.flush() {
+                Some(step) => {
+                    agent.core.leave();
+                    return step;
+                }
+                None => state,
+            },
+            None => match agent.turn(budget) {
+                Ok(step) => {
+                    agent.core.leave();
+                    return step;
+                }
+                Err(state) => state,
+            },
+        };
+        if agent.ctx.has_deferred() {
+            agent.ending = Some(end);
+            if let Some(step) = agent.flush() {
+                agent.core.leave();
+                return step;
+            }
+        }
+        agent.core.leave();
+        let agent = self.agent.take().expect("checked above");
+        agent.finish(end);
+        Step::Done
     }
 }
 

@@ -87,6 +87,18 @@ pub trait Backend: Any + Send {
         Ok(())
     }
 
+    /// Whether the backend blocks its thread for long: it waits on a terminal, a socket or a
+    /// process, or computes for seconds. In a system run by a pool
+    /// ([`Runtime::Pool`](crate::Runtime::Pool)) such an entity gets a thread of its own, so
+    /// that it cannot hold a worker the other entities share (as
+    /// [`EntityOptions::thread`](crate::EntityOptions::thread) asks for any entity). Asked once,
+    /// of the entity's first backend, when the system is spawned. The default is `false`; the
+    /// standard backends that block (a person, the language models, the chess engines) say
+    /// `true`.
+    fn blocking(&self) -> bool {
+        false
+    }
+
     /// The backend's type name, shown when a boxed backend is debug-printed.
     fn type_name(&self) -> &'static str {
         std::any::type_name::<Self>()

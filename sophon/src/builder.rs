@@ -12,6 +12,7 @@ use crate::backend::{BoxBackend, IntoBackend};
 use crate::context::{EdgeKind, Outlet, OutputOutlet, PortOutlet, QueryOutlet, ReadOutlet, Sibling};
 use crate::entity::{Core, ErasedPort, Port};
 use crate::err::{BuildError, BuildProblem};
+use crate::pool::{Runnable, Runtime};
 use crate::ports::{OutPort, Ports};
 use crate::restart::{Factory, FactoryOutput, Restart, Supervisor, boxed_factory};
 use crate::shared::Shared;
@@ -57,6 +58,7 @@ impl<I, O> fmt::Debug for Node<I, O> {
 pub struct EntityOptions {
     capacity: Option<usize>,
     restart: Option<Restart>,
+    thread: bool,
 }
 
 impl EntityOptions {
@@ -96,12 +98,33 @@ impl EntityOptions {
     pub fn restart_policy(&self) -> Option<Restart> {
         self.restart
     }
+
+    /// Gives the entity a thread of its own in a system run by a pool
+    /// ([`Runtime::Pool`](crate::Runtime::Pool)), as a backend that blocks must have: one that
+    /// waits on a terminal, a socket or a process, or computes for long, would otherwise hold a
+    /// worker that every other entity shares. Backends that block say so themselves
+    /// ([`Backend::blocking`](crate::Backend::blocking)), and then get a thread without this.
+    /// In a system of threads every entity has its own already.
+    pub fn thread(mut self) -> Self {
+        self.thread = true;
+        self
+    }
+
+    /// Whether the entity asks for a thread of its own (see [`thread`](Self::thread)).
+    pub fn own_thread(&self) -> bool {
+        self.thread
+    }
 }
 
 /// What the builder keeps of an entity until it is spawned.
 pub(crate) trait PendingAgent: Send {
     fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Whether its backend says it blocks.
+    fn blocking(&self) -> bool;
+    /// Runs it on the calling thread until it ends.
     fn run(self: Box<Self>);
+    /// Makes it an agent of the pool.
+    fn into_runnable(self: Box<Self>) -> Box<dyn Runnable>;
 }
 
 impl<I: Send + 'static, O: Send + 'static> PendingAgent for Agent<I, O> {
@@ -109,8 +132,16 @@ impl<I: Send + 'static, O: Send + 'static> PendingAgent for Agent<I, O> {
         self
     }
 
+    fn blocking(&self) -> bool {
+        Agent::blocking(self)
+    }
+
     fn run(self: Box<Self>) {
         (*self).run();
+    }
+
+    fn into_runnable(self: Box<Self>) -> Box<dyn Runnable> {
+        Box::new((*self).pooled())
     }
 }
 
@@ -118,12 +149,15 @@ pub(crate) struct Pending {
     pub(crate) name: Arc<str>,
     pub(crate) port: Arc<dyn ErasedPort>,
     bounded: bool,
+    /// Whether it asked for a thread of its own (see [`EntityOptions::thread`]).
+    pub(crate) own_thread: bool,
     pub(crate) agent: Box<dyn PendingAgent>,
 }
 
 /// A graph that passed the checks, ready to start.
 pub(crate) struct Checked {
     pub(crate) id: u64,
+    pub(crate) runtime: Runtime,
     pub(crate) shared: Arc<Shared>,
     pub(crate) entities: Vec<Pending>,
     pub(crate) names: HashMap<Arc<str>, usize>,
@@ -190,6 +224,7 @@ pub struct SystemBuilder {
     names: HashMap<Arc<str>, usize>,
     edges: Vec<EdgeSpec>,
     problems: Vec<BuildProblem>,
+    runtime: Option<Runtime>,
 }
 
 impl fmt::Debug for SystemBuilder {
@@ -216,7 +251,67 @@ impl SystemBuilder {
             names: HashMap::new(),
             edges: Vec::new(),
             problems: Vec::new(),
+            runtime: None,
         }
+    }
+
+    /// Chooses how the system runs its agents: a thread each ([`Runtime::Threads`]) or a pool
+    /// of workers ([`Runtime::Pool`]). Without this, [`Runtime::from_env`] chooses: threads,
+    /// unless `SOPHON_RUNTIME` says otherwise. Backends, edges, handles and reports are the same
+    /// in both.
+    pub fn runtime(&mut self, runtime: Runtime) -> &mut Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Runs the system on a pool of `workers` threads (at least 1): `runtime(Runtime::Pool {
+    /// workers })`.
+    ///
+    /// # Examples
+    ///
+    /// Ten thousand counters on two worker threads:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sophon::{Backend, BoxError, Context, SystemBuilder};
+    ///
+    /// struct Counter(u64);
+    /// impl Backend for Counter {
+    ///     type Input = u64;
+    ///     type Output = u64;
+    ///     fn query(&mut self, n: u64, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+    ///         self.0 += n;
+    ///         Ok(ctx.send(self.0)?)
+    ///     }
+    /// }
+    ///
+    /// let mut builder = SystemBuilder::new();
+    /// builder.pool(2);
+    /// let (tx, totals) = sophon::crossbeam_channel::unbounded();
+    /// let counters: Vec<_> = (0..10_000)
+    ///     .map(|i| {
+    ///         let node = builder.entity(&format!("counter{i}"), Counter(i));
+    ///         builder.output_to(&node, "totals", tx.clone());
+    ///         node
+    ///     })
+    ///     .collect();
+    /// let system = builder.spawn()?;
+    /// for node in &counters {
+    ///     system.handle(node).query(1)?;
+    /// }
+    /// let sum: u64 = totals.iter().take(10_000).sum();
+    /// assert_eq!(sum, (1..=10_000).sum::<u64>());
+    /// assert!(system.shutdown(Duration::from_secs(5)).is_clean());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pool(&mut self, workers: usize) -> &mut Self {
+        self.runtime(Runtime::Pool { workers: workers.max(1) })
+    }
+
+    /// The runtime the system will have: the one given to [`runtime`](Self::runtime), or else
+    /// [`Runtime::from_env`]'s.
+    pub fn runtime_choice(&self) -> Runtime {
+        self.runtime.unwrap_or_else(Runtime::from_env)
     }
 
     /// Adds an entity running `backend`, with unbounded queues. The backend may also be a
@@ -346,8 +441,9 @@ impl SystemBuilder {
         let core = Arc::new(Core::new(name.clone(), self.shared.clone()));
         // A capacity of 0 is refused by `spawn`; until then the port is made as if it were 1.
         let port = Arc::new(Port::new(core, options.capacity.map(|c| c.max(1))));
-        let agent = Agent::new(port.clone(), backend, supervisor);
-        self.entities.push(Pending { name, port, bounded: options.capacity.is_some(), agent: Box::new(agent) });
+        let bounded = options.capacity.is_some();
+        let agent = Agent::new(port.clone(), backend, supervisor, bounded);
+        self.entities.push(Pending { name, port, bounded, own_thread: options.thread, agent: Box::new(agent) });
         Node { builder: self.id, index, types: PhantomData }
     }
 
@@ -572,7 +668,7 @@ impl SystemBuilder {
         tx: crossbeam_channel::Sender<O>,
     ) -> &mut Self {
         assert_eq!(from.builder, self.id, "the node comes from another builder");
-        let outlet = OutputOutlet { tx, shared: self.shared.clone() };
+        let outlet = OutputOutlet::new(tx, self.shared.clone());
         let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, None, Box::new(outlet));
         self.agent_mut(from).ctx.add_sibling(sibling);
         self
@@ -617,7 +713,7 @@ impl SystemBuilder {
         T: Send + 'static,
     {
         assert_eq!(from.builder, self.id, "the node comes from another builder");
-        let inner = Box::new(OutputOutlet { tx, shared: self.shared.clone() });
+        let inner = Box::new(OutputOutlet::new(tx, self.shared.clone()));
         let outlet = PortOutlet { extract: port.extractor(), inner };
         let port = Some((port.index(), port.name()));
         let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, port, Box::new(outlet));
@@ -643,7 +739,8 @@ impl SystemBuilder {
             return Err(BuildError::new(self.problems));
         }
         let edges = self.edges.iter().map(|e| (e.from, e.to)).collect();
-        Ok(Checked { id: self.id, shared: self.shared, entities: self.entities, names: self.names, edges })
+        let runtime = self.runtime_choice();
+        Ok(Checked { id: self.id, runtime, shared: self.shared, entities: self.entities, names: self.names, edges })
     }
 
     fn check_edges(&mut self) {

@@ -1,5 +1,6 @@
 //! What a handler sees of its agent: its siblings (outgoing edges), its timers, its system.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,6 +11,7 @@ use uuid::Uuid;
 
 use crate::entity::{Core, Envelope, Port, Queue, wait_for_room};
 use crate::err::{Error, ErrorKind};
+use crate::pool::Task;
 use crate::reply::Asker;
 use crate::shared::Shared;
 
@@ -27,10 +29,55 @@ pub enum EdgeKind {
     Output,
 }
 
+/// Whether a send was delivered or deferred for want of room (see [`Context::flush`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    Now,
+    Deferred,
+}
+
+/// What flushing an outlet's deferred sends did.
+#[derive(Default)]
+pub(crate) struct Flushed {
+    /// Sends delivered.
+    pub(crate) delivered: u64,
+    /// Sends given up and not accounted for by the receiver (an output whose reader is gone):
+    /// the sender takes back their count.
+    pub(crate) dropped: u64,
+    /// What the outlet still waits for, if it could not send everything.
+    pub(crate) waiting: Waiting,
+    /// Why sends were given up, as a send waiting for room would have failed: the entity
+    /// stopped or failed, the output's reader is gone, or the shutdown deadline passed.
+    pub(crate) refused: Option<ErrorKind>,
+}
+
+/// What an agent with deferred sends waits for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Waiting {
+    /// Nothing: every deferred send is delivered.
+    #[default]
+    No,
+    /// Room in an entity's queue: the entity wakes the agent.
+    OnEntity,
+    /// Room in an output channel: nobody says when.
+    OnOutput,
+}
+
 /// Where an edge delivers: a sibling's queue or an output channel. A refused message is dropped
 /// (it may have been converted already); the sender counts the refusal.
+///
+/// With `defer`, which agents of the pool runtime pass, a send that finds a full bounded queue
+/// is kept in the outlet (with every later one, in order) instead of waiting for room, so that
+/// the worker thread is not held; the agent delivers them with `flush` before its next message.
 pub(crate) trait Outlet<O>: Send {
-    fn send(&self, out: O) -> Result<(), ErrorKind>;
+    fn send(&mut self, out: O, defer: bool) -> Result<Sent, ErrorKind>;
+
+    /// Delivers the deferred sends, in order, as far as there is room; `me` is the sending
+    /// agent's task, woken when room is made.
+    fn flush(&mut self, me: Option<&Arc<Task>>) -> Flushed {
+        let _ = me;
+        Flushed::default()
+    }
 }
 
 /// A query edge into another entity: the output, converted into the sibling's input, goes to the
@@ -41,23 +88,25 @@ pub(crate) trait Outlet<O>: Send {
 pub(crate) struct QueryOutlet<I> {
     core: Arc<Core>,
     queue: Queue<I>,
+    deferred: VecDeque<I>,
 }
 
 /// A read edge into another entity: the converted output goes to the sibling's inbox as a read.
 pub(crate) struct ReadOutlet<I, O2> {
     core: Arc<Core>,
     queue: Queue<Envelope<I, O2>>,
+    deferred: VecDeque<Envelope<I, O2>>,
 }
 
 impl<I> QueryOutlet<I> {
     pub(crate) fn new<O2>(port: &Port<I, O2>) -> Self {
-        QueryOutlet { core: port.core.clone(), queue: port.queries.clone() }
+        QueryOutlet { core: port.core.clone(), queue: port.queries.clone(), deferred: VecDeque::new() }
     }
 }
 
 impl<I, O2> ReadOutlet<I, O2> {
     pub(crate) fn new(port: &Port<I, O2>) -> Self {
-        ReadOutlet { core: port.core.clone(), queue: port.inbox.clone() }
+        ReadOutlet { core: port.core.clone(), queue: port.inbox.clone(), deferred: VecDeque::new() }
     }
 }
 
@@ -67,8 +116,12 @@ where
     I: From<O> + Send,
 {
     #[inline]
-    fn send(&self, out: O) -> Result<(), ErrorKind> {
-        deliver(&self.core, &self.queue, out, I::from)
+    fn send(&mut self, out: O, defer: bool) -> Result<Sent, ErrorKind> {
+        deliver(&self.core, &self.queue, &mut self.deferred, out, I::from, defer)
+    }
+
+    fn flush(&mut self, me: Option<&Arc<Task>>) -> Flushed {
+        flush_into(&self.core, &self.queue, &mut self.deferred, me)
     }
 }
 
@@ -78,41 +131,150 @@ where
     I: From<O> + Send,
     O2: Send,
 {
-    fn send(&self, out: O) -> Result<(), ErrorKind> {
-        deliver(&self.core, &self.queue, out, |out| Envelope::Read(I::from(out)))
+    fn send(&mut self, out: O, defer: bool) -> Result<Sent, ErrorKind> {
+        deliver(&self.core, &self.queue, &mut self.deferred, out, |out| Envelope::Read(I::from(out)), defer)
+    }
+
+    fn flush(&mut self, me: Option<&Arc<Task>>) -> Flushed {
+        flush_into(&self.core, &self.queue, &mut self.deferred, me)
     }
 }
 
 /// Refuses `out` if the sibling (`core`) takes no more messages; otherwise converts and enqueues
-/// it. On a full bounded queue it waits (see [`Queue::push`]).
+/// it. On a full bounded queue it waits (see [`Queue::push`]), or with `defer` keeps it in
+/// `deferred`.
 #[inline(always)]
-fn deliver<O, T>(core: &Core, queue: &Queue<T>, out: O, convert: impl FnOnce(O) -> T) -> Result<(), ErrorKind> {
+fn deliver<O, T>(
+    core: &Core,
+    queue: &Queue<T>,
+    deferred: &mut VecDeque<T>,
+    out: O,
+    convert: impl FnOnce(O) -> T,
+    defer: bool,
+) -> Result<Sent, ErrorKind> {
     if let Some(refusal) = core.state().refusal() {
         return Err(refusal);
     }
-    queue.push(convert(out), core).map_err(|(_, kind)| kind)
+    if defer && queue.is_bounded() {
+        return defer_or_offer(core, queue, deferred, convert(out));
+    }
+    queue.push(convert(out), core).map_err(|(_, kind)| kind)?;
+    Ok(Sent::Now)
+}
+
+/// Enqueues `msg` behind what is deferred already, deferring it too if there is no room.
+#[cold]
+fn defer_or_offer<T>(core: &Core, queue: &Queue<T>, deferred: &mut VecDeque<T>, msg: T) -> Result<Sent, ErrorKind> {
+    if !deferred.is_empty() {
+        deferred.push_back(msg);
+        return Ok(Sent::Deferred);
+    }
+    match queue.offer(msg, core) {
+        Ok(()) => Ok(Sent::Now),
+        // The entity's own agent sends to it: it cannot make room while it waits.
+        Err(_) if core.is_current() => Err(ErrorKind::WouldDeadlock),
+        Err(msg) => {
+            deferred.push_back(msg);
+            Ok(Sent::Deferred)
+        }
+    }
+}
+
+/// Delivers `deferred` into `queue` in order, as far as there is room. What the entity will
+/// never take (it stopped or failed, or the shutdown deadline passed) is given up, as a send
+/// waiting for room gives up in a system of threads.
+fn flush_into<T>(core: &Core, queue: &Queue<T>, deferred: &mut VecDeque<T>, me: Option<&Arc<Task>>) -> Flushed {
+    let mut flushed = Flushed::default();
+    let mut registered = false;
+    while let Some(msg) = deferred.pop_front() {
+        let refusal = core.state().refusal().or_else(|| core.shared.expired().then_some(ErrorKind::DeadlinePassed));
+        if let Some(kind) = refusal {
+            flushed.dropped += deferred.len() as u64 + 1;
+            flushed.refused = Some(kind);
+            deferred.clear();
+            break;
+        }
+        match queue.offer(msg, core) {
+            Ok(()) => flushed.delivered += 1,
+            Err(msg) => {
+                deferred.push_front(msg);
+                match me {
+                    // Registered, then tried once more: room made in between is not missed.
+                    Some(me) if !registered => {
+                        core.room.wait(me);
+                        registered = true;
+                    }
+                    _ => {
+                        flushed.waiting = Waiting::OnEntity;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    flushed
 }
 
 /// An edge out of the system, to a channel the user reads.
 pub(crate) struct OutputOutlet<O> {
-    pub(crate) tx: Sender<O>,
-    pub(crate) shared: Arc<Shared>,
+    tx: Sender<O>,
+    shared: Arc<Shared>,
+    deferred: VecDeque<O>,
+}
+
+impl<O> OutputOutlet<O> {
+    pub(crate) fn new(tx: Sender<O>, shared: Arc<Shared>) -> Self {
+        OutputOutlet { tx, shared, deferred: VecDeque::new() }
+    }
 }
 
 impl<O: Send> Outlet<O> for OutputOutlet<O> {
     /// On a full bounded channel, waits for room until the system's shutdown deadline passes:
     /// an output nobody reads cannot hold a shutdown past its deadline.
     #[inline]
-    fn send(&self, out: O) -> Result<(), ErrorKind> {
+    fn send(&mut self, out: O, defer: bool) -> Result<Sent, ErrorKind> {
+        if !self.deferred.is_empty() {
+            self.deferred.push_back(out);
+            return Ok(Sent::Deferred);
+        }
         match self.tx.try_send(out) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(Sent::Now),
             Err(TrySendError::Disconnected(_)) => Err(ErrorKind::Stopped),
+            Err(TrySendError::Full(out)) if defer => {
+                self.deferred.push_back(out);
+                Ok(Sent::Deferred)
+            }
             Err(TrySendError::Full(out)) => {
                 let shared = &self.shared;
                 wait_for_room(&self.tx, out, || shared.expired().then_some(ErrorKind::DeadlinePassed))
-                    .map_err(|(_, kind)| kind)
+                    .map_err(|(_, kind)| kind)?;
+                Ok(Sent::Now)
             }
         }
+    }
+
+    fn flush(&mut self, _: Option<&Arc<Task>>) -> Flushed {
+        let mut flushed = Flushed::default();
+        while let Some(out) = self.deferred.pop_front() {
+            match self.tx.try_send(out) {
+                Ok(()) => flushed.delivered += 1,
+                Err(TrySendError::Full(out)) if !self.shared.expired() => {
+                    self.deferred.push_front(out);
+                    flushed.waiting = Waiting::OnOutput;
+                    break;
+                }
+                // Nobody reads it any more, or the deadline passed.
+                Err(e) => {
+                    flushed.refused = Some(match e {
+                        TrySendError::Disconnected(_) => ErrorKind::Stopped,
+                        TrySendError::Full(_) => ErrorKind::DeadlinePassed,
+                    });
+                    flushed.dropped += self.deferred.len() as u64 + 1;
+                    self.deferred.clear();
+                }
+            }
+        }
+        flushed
     }
 }
 
@@ -124,8 +286,12 @@ pub(crate) struct PortOutlet<O, T> {
 }
 
 impl<O: Send, T: Send> Outlet<O> for PortOutlet<O, T> {
-    fn send(&self, out: O) -> Result<(), ErrorKind> {
-        self.inner.send((self.extract)(out))
+    fn send(&mut self, out: O, defer: bool) -> Result<Sent, ErrorKind> {
+        self.inner.send((self.extract)(out), defer)
+    }
+
+    fn flush(&mut self, me: Option<&Arc<Task>>) -> Flushed {
+        self.inner.flush(me)
     }
 }
 
@@ -191,6 +357,17 @@ impl<O> fmt::Debug for Sibling<O> {
     }
 }
 
+/// What a context counts of its sends besides `sent`.
+#[derive(Default)]
+struct Tally {
+    /// Mirror of `core.counters.outputs`, which only this agent writes.
+    outputs: u64,
+    /// Whether sends that find no room are deferred (pool runtime) rather than waited for.
+    defer: bool,
+    /// Whether some sends are deferred now.
+    deferred: bool,
+}
+
 /// Identifies a timer set with [`Context::every`] or [`Context::after`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimerId(u64);
@@ -218,8 +395,8 @@ pub struct Context<O> {
     core: Arc<Core>,
     /// Mirror of `core.counters.sent`, which only this agent writes.
     sent: u64,
-    /// Mirror of `core.counters.outputs`.
-    outputs: u64,
+    /// Mirror of `core.counters.outputs`, and whether sends are deferred (see [`Tally`]).
+    tally: Tally,
     timers: Vec<Timer>,
     next_timer: u64,
     /// The asker of the message being handled, if it came from [`Handle::ask`]: everything the
@@ -246,7 +423,7 @@ impl<O: Send + 'static> Context<O> {
             port_of: None,
             core,
             sent: 0,
-            outputs: 0,
+            tally: Tally::default(),
             timers: Vec::new(),
             next_timer: 0,
             asker: None,
@@ -293,17 +470,60 @@ impl<O: Send + 'static> Context<O> {
     }
 
     #[inline]
-    fn deliver(sibling: &Sibling<O>, out: O, core: &Core, sent: &mut u64, outputs: &mut u64) -> Result<(), Error> {
-        match sibling.outlet.send(out) {
-            Ok(()) => {
+    fn deliver(sibling: &mut Sibling<O>, out: O, core: &Core, sent: &mut u64, tally: &mut Tally) -> Result<(), Error> {
+        match sibling.outlet.send(out, tally.defer) {
+            Ok(Sent::Now) => {
                 if sibling.kind == EdgeKind::Output {
-                    *outputs += 1;
-                    core.counters.outputs.store(*outputs, Ordering::Release);
+                    tally.outputs += 1;
+                    core.counters.outputs.store(tally.outputs, Ordering::Release);
                 }
+                Ok(())
+            }
+            Ok(Sent::Deferred) => {
+                tally.deferred = true;
                 Ok(())
             }
             Err(kind) => Err(Self::refused(sibling, kind, core, sent)),
         }
+    }
+
+    /// Makes sends to full bounded queues and outputs deferred rather than waited for (the
+    /// agents of the pool runtime, which must not hold their worker).
+    pub(crate) fn defer_when_full(&mut self) {
+        self.tally.defer = true;
+    }
+
+    /// Whether some sends wait for room (see [`flush`](Self::flush)).
+    #[inline]
+    pub(crate) fn has_deferred(&self) -> bool {
+        self.tally.deferred
+    }
+
+    /// Delivers the sends deferred for want of room, in order, as far as there is room now;
+    /// says what the agent must wait for before the rest can go, and the first refusal of the
+    /// sends given up (which the agent reports as its handler's error). `me`, the agent's task,
+    /// is registered with each entity whose queue is full, to be woken when it has room.
+    #[cold]
+    pub(crate) fn flush(&mut self, me: Option<&Arc<Task>>) -> (Waiting, Option<Error>) {
+        let mut waiting = Waiting::No;
+        let mut error = None;
+        for sibling in &mut self.siblings {
+            let flushed = sibling.outlet.flush(me);
+            if sibling.kind == EdgeKind::Output && flushed.delivered > 0 {
+                self.tally.outputs += flushed.delivered;
+                self.core.counters.outputs.store(self.tally.outputs, Ordering::Release);
+            }
+            if flushed.dropped > 0 {
+                self.sent -= flushed.dropped;
+                self.core.counters.sent.store(self.sent, Ordering::Release);
+            }
+            if let Some(kind) = flushed.refused {
+                error.get_or_insert_with(|| Error::new(kind, sibling.name.clone()));
+            }
+            waiting = waiting.max(flushed.waiting);
+        }
+        self.tally.deferred = waiting != Waiting::No;
+        (waiting, error)
     }
 
     /// Takes back the count of a message a sibling refused, and names the sibling.
@@ -328,8 +548,8 @@ impl<O: Send + 'static> Context<O> {
     #[inline(never)]
     fn answer(&mut self, out: O) -> Result<(), Error> {
         self.count_sent(1);
-        self.outputs += 1;
-        self.core.counters.outputs.store(self.outputs, Ordering::Release);
+        self.tally.outputs += 1;
+        self.core.counters.outputs.store(self.tally.outputs, Ordering::Release);
         self.asker.as_ref().expect("answering an ask").send(out);
         Ok(())
     }
@@ -353,7 +573,7 @@ impl<O: Send + 'static> Context<O> {
         }
         if self.single {
             self.count_sent(1);
-            Self::deliver(&self.siblings[0], out, &self.core, &mut self.sent, &mut self.outputs)
+            Self::deliver(&mut self.siblings[0], out, &self.core, &mut self.sent, &mut self.tally)
         } else {
             self.broadcast(out)
         }
@@ -373,14 +593,14 @@ impl<O: Send + 'static> Context<O> {
             return Ok(());
         }
         self.count_sent(self.siblings.len() as u64);
-        let (last, rest) = self.siblings.split_last().expect("not empty");
+        let (last, rest) = self.siblings.split_last_mut().expect("not empty");
         let mut first_err = None;
         for sibling in rest {
-            if let Err(e) = Self::deliver(sibling, out.clone(), &self.core, &mut self.sent, &mut self.outputs) {
+            if let Err(e) = Self::deliver(sibling, out.clone(), &self.core, &mut self.sent, &mut self.tally) {
                 first_err.get_or_insert(e);
             }
         }
-        if let Err(e) = Self::deliver(last, out, &self.core, &mut self.sent, &mut self.outputs) {
+        if let Err(e) = Self::deliver(last, out, &self.core, &mut self.sent, &mut self.tally) {
             first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
@@ -400,10 +620,10 @@ impl<O: Send + 'static> Context<O> {
         let mut first_err = None;
         let mut out = Some(out);
         let mut left = count;
-        for sibling in self.siblings.iter().filter(|s| matches(s)) {
+        for sibling in self.siblings.iter_mut().filter(|s| matches(s)) {
             left -= 1;
             let body = if left == 0 { out.take() } else { out.clone() }.expect("taken only by the last");
-            if let Err(e) = Self::deliver(sibling, body, &self.core, &mut self.sent, &mut self.outputs) {
+            if let Err(e) = Self::deliver(sibling, body, &self.core, &mut self.sent, &mut self.tally) {
                 first_err.get_or_insert(e);
             }
         }
@@ -421,7 +641,7 @@ impl<O: Send + 'static> Context<O> {
             return Err(Error::new(ErrorKind::UnknownSibling, Arc::from(name)));
         };
         self.count_sent(1);
-        Self::deliver(&self.siblings[i], out, &self.core, &mut self.sent, &mut self.outputs)
+        Self::deliver(&mut self.siblings[i], out, &self.core, &mut self.sent, &mut self.tally)
     }
 
     /// Sends `out` to every sibling but the one called `name` (which need not exist), as

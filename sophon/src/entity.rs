@@ -4,7 +4,7 @@ use std::any::Any;
 use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::backend::{Backend, BoxBackend};
 use crate::err::{Error, ErrorKind, SendError};
+use crate::pool::Task;
 use crate::reply::{AskError, Asker, Reply, ReplyErrorKind};
 use crate::shared::{CLOSING, OPEN, Shared};
 
@@ -100,6 +101,54 @@ pub(crate) struct Core {
     pub(crate) panic: Mutex<Option<String>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) counters: CachePadded<Counters>,
+    /// The entity's task, when a pool runs its agent: a message enqueued for it wakes it.
+    pub(crate) task: OnceLock<Arc<Task>>,
+    /// Agents of the pool waiting for room in this entity's bounded queues.
+    pub(crate) room: Room,
+}
+
+/// Agents of the pool runtime waiting for room in a full bounded queue. They do not wait on
+/// their worker: they park their deferred sends and their task, and the entity wakes them when
+/// it takes a message (or stops, or its queues are drained).
+#[derive(Default)]
+pub(crate) struct Room {
+    waiting: AtomicBool,
+    waiters: Mutex<Vec<Arc<Task>>>,
+}
+
+impl Room {
+    /// Registers `task` to be woken when there is room. The caller tries to send again after
+    /// this, so that room made in between is not missed.
+    pub(crate) fn wait(&self, task: &Arc<Task>) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if !waiters.iter().any(|t| Arc::ptr_eq(t, task)) {
+            waiters.push(task.clone());
+        }
+        self.waiting.store(true, Ordering::SeqCst);
+    }
+
+    /// Wakes every waiting task, if there is any.
+    #[inline]
+    pub(crate) fn wake(&self) {
+        // Pairs with the store in `wait`: either the waiter's retry sees the room this message
+        // made, or this sees the waiter.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) {
+            self.wake_all();
+        }
+    }
+
+    #[cold]
+    fn wake_all(&self) {
+        let waiters = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            self.waiting.store(false, Ordering::SeqCst);
+            std::mem::take(&mut *waiters)
+        };
+        for task in waiters {
+            task.notify();
+        }
+    }
 }
 
 thread_local! {
@@ -117,6 +166,16 @@ impl Core {
             panic: Mutex::new(None),
             shared,
             counters: CachePadded::new(Counters::default()),
+            task: OnceLock::new(),
+            room: Room::default(),
+        }
+    }
+
+    /// Wakes the entity's agent, if a pool runs it: a message was just enqueued.
+    #[inline(always)]
+    pub(crate) fn wake(&self) {
+        if let Some(task) = self.task.get() {
+            task.notify();
         }
     }
 
@@ -137,6 +196,11 @@ impl Core {
     /// Marks this thread as the one running this entity's agent.
     pub(crate) fn enter(&self) {
         CURRENT_AGENT.with(|current| current.set(Some(self.id)));
+    }
+
+    /// Marks this thread as running no agent (a pool worker between two turns).
+    pub(crate) fn leave(&self) {
+        CURRENT_AGENT.with(|current| current.set(None));
     }
 
     /// Whether this thread runs this entity's agent: a wait on the entity from here would never
@@ -220,22 +284,35 @@ impl<T> Queue<T> {
     pub(crate) fn push(&self, msg: T, core: &Core) -> Result<(), (T, ErrorKind)> {
         if !self.bounded {
             // The port holds a receiver, so the channel cannot be disconnected.
-            return self.tx.send(msg).map_err(|e| (e.into_inner(), ErrorKind::Stopped));
+            self.tx.send(msg).map_err(|e| (e.into_inner(), ErrorKind::Stopped))?;
+            core.wake();
+            return Ok(());
         }
         // Room in the queue is the common case: no clock read for the timeout then.
         match self.tx.try_send(msg) {
-            Ok(()) => Ok(()),
-            Err(e) if core.is_current() => Err((e.into_inner(), ErrorKind::WouldDeadlock)),
+            Ok(()) => {}
+            Err(e) if core.is_current() => return Err((e.into_inner(), ErrorKind::WouldDeadlock)),
             Err(e) => wait_for_room(&self.tx, e.into_inner(), || {
                 core.state().refusal().or_else(|| core.shared.expired().then_some(ErrorKind::DeadlinePassed))
-            }),
+            })?,
         }
+        core.wake();
+        Ok(())
     }
 
-    /// Enqueues unless the queue is full; gives the message up if it is.
-    pub(crate) fn try_push(&self, msg: T) -> bool {
+    /// Enqueues unless the queue is full, and gives the message back if it is.
+    #[inline]
+    pub(crate) fn offer(&self, msg: T, core: &Core) -> Result<(), T> {
         // The port holds a receiver, so the channel cannot be disconnected.
-        self.tx.try_send(msg).is_ok()
+        self.tx.try_send(msg).map_err(|e| e.into_inner())?;
+        core.wake();
+        Ok(())
+    }
+
+    /// Whether the queue is bounded.
+    #[inline]
+    pub(crate) fn is_bounded(&self) -> bool {
+        self.bounded
     }
 }
 
@@ -325,6 +402,8 @@ impl<I, O> Port<I, O> {
         if n > 0 {
             self.core.counters.undelivered.fetch_add(n, Ordering::AcqRel);
         }
+        // Room for anyone waiting, who then finds the entity stopped or the deadline passed.
+        self.core.room.wake();
         n
     }
 }
@@ -353,7 +432,7 @@ impl<I: Send + 'static, O: Send + 'static> ErasedPort for Port<I, O> {
     }
 
     fn try_stop(&self) -> bool {
-        self.core.state() != EntityState::Running || self.inbox.try_push(Envelope::Nop)
+        self.core.state() != EntityState::Running || self.inbox.offer(Envelope::Nop, &self.core).is_ok()
     }
 
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::builder::{Checked, Node, SystemBuilder};
 use crate::entity::{EntityState, ErasedPort, Handle, Port, Stats};
 use crate::err::{BuildError, BuildProblem};
+use crate::pool::{Pool, Runtime, Task, Workers};
 use crate::shared::{CLOSED, CLOSING, Failure, Shared};
 
 /// How long [`System::join`] and dropping a [`System`] wait for the system to go idle before
@@ -161,8 +162,13 @@ pub struct System {
     ports: Vec<Arc<dyn ErasedPort>>,
     names: HashMap<Arc<str>, usize>,
     groups: Vec<StopGroup>,
-    /// Each entity's thread; `None` once joined or given up on, or if it never started.
+    /// Each entity's thread; `None` once joined or given up on, if it never started, or if the
+    /// pool runs it.
     threads: Vec<Option<JoinHandle<()>>>,
+    /// Whether the pool runs each entity.
+    pooled: Vec<bool>,
+    /// The pool's workers, in a system run by a pool.
+    workers: Option<Workers>,
     shared: Arc<Shared>,
     closed: bool,
 }
@@ -176,12 +182,43 @@ impl SystemBuilder {
     /// of bounded entities, bounded queues of capacity 0, restart policies without a factory,
     /// and factories that failed.
     pub fn spawn(self) -> Result<System, BuildError> {
-        let Checked { id, shared, entities, names, edges } = self.check()?;
+        let Checked { id, runtime, shared, entities, names, edges } = self.check()?;
         let ports: Vec<_> = entities.iter().map(|e| e.port.clone()).collect();
+        let workers = match runtime {
+            Runtime::Threads => None,
+            Runtime::Pool { workers } => match Pool::start(workers) {
+                Ok(workers) => Some(workers),
+                Err(e) => return Err(BuildError::new(vec![BuildProblem::Spawn(e)])),
+            },
+        };
+        // Every pooled entity gets its task before any agent runs: a message sent to it from
+        // then on wakes it.
+        let pooled: Vec<Option<Arc<Task>>> = entities
+            .iter()
+            .map(|pending| {
+                let pool = &workers.as_ref()?.pool;
+                if pending.own_thread || pending.agent.blocking() {
+                    return None;
+                }
+                let task = Task::new(pool);
+                let _ = pending.port.core().task.set(task.clone());
+                Some(task)
+            })
+            .collect();
         shared.agents_started(entities.len());
         let mut threads = Vec::with_capacity(entities.len());
         let mut failed = None;
-        for pending in entities {
+        for (pending, task) in entities.into_iter().zip(&pooled) {
+            if let Some(task) = task {
+                if failed.is_none() {
+                    task.start(pending.agent.into_runnable());
+                } else {
+                    pending.port.core().ended.store(true, Ordering::Release);
+                    shared.agent_ended();
+                }
+                threads.push(None);
+                continue;
+            }
             let thread = match failed {
                 Some(_) => None,
                 None => {
@@ -192,12 +229,13 @@ impl SystemBuilder {
             };
             if thread.is_none() {
                 // Never started: as good as ended, for the shutdown of those that did.
-                pending.port.core().ended.store(true, std::sync::atomic::Ordering::Release);
+                pending.port.core().ended.store(true, Ordering::Release);
                 shared.agent_ended();
             }
             threads.push(thread);
         }
-        let system = System::new(id, ports, names, &edges, threads, shared);
+        let pooled = pooled.iter().map(Option::is_some).collect();
+        let system = System::new(id, ports, names, &edges, threads, pooled, workers, shared);
         match failed {
             None => Ok(system),
             Some(e) => {
@@ -216,16 +254,27 @@ impl fmt::Debug for System {
 }
 
 impl System {
+    #[allow(clippy::too_many_arguments, reason = "called once, by `spawn`, with what it has just made")]
     pub(crate) fn new(
         builder: u64,
         ports: Vec<Arc<dyn ErasedPort>>,
         names: HashMap<Arc<str>, usize>,
         edges: &[(usize, usize)],
         threads: Vec<Option<JoinHandle<()>>>,
+        pooled: Vec<bool>,
+        workers: Option<Workers>,
         shared: Arc<Shared>,
     ) -> Self {
         let groups = stop_groups(ports.len(), edges);
-        System { builder, ports, names, groups, threads, shared, closed: false }
+        System { builder, ports, names, groups, threads, pooled, workers, shared, closed: false }
+    }
+
+    /// How the system runs its agents.
+    pub fn runtime(&self) -> Runtime {
+        match &self.workers {
+            Some(workers) => Runtime::Pool { workers: workers.count() },
+            None => Runtime::Threads,
+        }
     }
 
     /// A typed handle to the entity that `node` names.
@@ -384,7 +433,15 @@ impl System {
             self.stop_stragglers(&mut stopped, Instant::now() + STRAGGLER_GRACE);
         }
         let mut joined = vec![true; self.ports.len()];
-        for ((port, thread), joined) in self.ports.iter().zip(&mut self.threads).zip(&mut joined) {
+        for (((port, thread), joined), &pooled) in
+            self.ports.iter().zip(&mut self.threads).zip(&mut joined).zip(&self.pooled)
+        {
+            if pooled && !port.core().ended.load(Ordering::Acquire) {
+                // Given up on: its worker may be held forever, and the report says so.
+                *joined = false;
+                port.drain();
+                continue;
+            }
             let Some(thread) = thread.take() else { continue };
             if port.core().ended.load(Ordering::Acquire) {
                 // It has signed off: only the thread's own exit is left to wait for.
@@ -396,6 +453,12 @@ impl System {
             }
         }
         let given_up = joined.contains(&false);
+        if let Some(workers) = self.workers.take() {
+            // Every agent of the pool has ended, unless one was given up on, which may hold its
+            // worker: then the workers are left to end on their own.
+            let held = self.pooled.iter().zip(&joined).any(|(&pooled, &joined)| pooled && !joined);
+            workers.stop(!held);
+        }
         // A handle on another thread may be sending right now: its message is counted as sent
         // before it looks at the intake (see `Handle::send_external`). Drain until every message
         // counted is accounted for, so that the last drain sees it. A send into a full bounded

@@ -268,6 +268,11 @@ impl Backend for Stuck {
     type Input = ();
     type Output = ();
 
+    // It blocks: in a system run by a pool it gets a thread of its own.
+    fn blocking(&self) -> bool {
+        true
+    }
+
     fn query(&mut self, (): (), _: &mut Context<()>) -> Result<(), BoxError> {
         loop {
             std::thread::park();
@@ -446,7 +451,8 @@ fn a_bounded_queue_never_holds_more_than_its_capacity() {
             }
             Ok(ctx.send(n)?)
         }),
-        EntityOptions::new().bounded(8),
+        // It blocks on the gate: in a system run by a pool it gets a thread of its own.
+        EntityOptions::new().bounded(8).thread(),
     );
     b.query_edge(&producer, &consumer);
     let out = b.output(&consumer, "out");

@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::{from_fn, pass, wait_until};
 use sophon::crossbeam_channel;
 use sophon::{
-    Backend, BoxError, BuildProblem, Context, EntityOptions, EntityState, ErrorKind, HandlerKind, SystemBuilder,
-    TimerId,
+    Backend, BoxError, BuildProblem, Context, EntityOptions, EntityState, ErrorKind, HandlerKind, Runtime,
+    SystemBuilder, TimerId,
 };
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -358,7 +358,9 @@ fn gated() -> Gated {
     let (open, gate) = crossbeam_channel::bounded(1);
     let mut b = SystemBuilder::new();
     let feeder = b.entity("feeder", pass::<u64>());
-    let tagger = b.entity("tagger", GatedTagger { generation: 0, gate: Some(gate) });
+    // It blocks at the gate: in a system run by a pool it gets a thread of its own.
+    let tagger =
+        b.entity_with("tagger", GatedTagger { generation: 0, gate: Some(gate) }, EntityOptions::new().thread());
     b.query_edge(&feeder, &tagger);
     let out = b.output(&tagger, "out");
     let system = b.spawn().unwrap();
@@ -651,12 +653,19 @@ fn a_start_hook_can_send_without_being_asked() {
             Ok(ctx.send(format!("{} on {}", ctx.name(), thread.unwrap_or_default()))?)
         }
     }
-    let mut b = SystemBuilder::new();
-    let greeter = b.entity("greeter", Greeter);
-    let out = b.output(&greeter, "out");
-    let system = b.spawn().unwrap();
-    assert_eq!(out.recv().unwrap(), "greeter on sophon:greeter");
-    system.shutdown(DEADLINE);
+    for runtime in [Runtime::Threads, Runtime::Pool { workers: 1 }] {
+        let mut b = SystemBuilder::new();
+        b.runtime(runtime);
+        let greeter = b.entity("greeter", Greeter);
+        let out = b.output(&greeter, "out");
+        let system = b.spawn().unwrap();
+        let on = match runtime {
+            Runtime::Threads => "sophon:greeter",
+            _ => "sophon:pool:0",
+        };
+        assert_eq!(out.recv().unwrap(), format!("greeter on {on}"));
+        system.shutdown(DEADLINE);
+    }
 }
 
 #[test]
@@ -784,7 +793,9 @@ fn dropping_the_system_cleans_up_and_joins_every_agent() {
     const N: u64 = 8;
     let (cleanups, ended) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     {
+        // A thread per agent: the pool's workers are another test's.
         let mut b = SystemBuilder::new();
+        b.runtime(Runtime::Threads);
         let nodes: Vec<_> = (0..N)
             .map(|i| b.entity(&format!("e{i}"), SignsOff { cleanups: cleanups.clone(), ended: ended.clone() }))
             .collect();

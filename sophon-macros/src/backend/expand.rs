@@ -4,8 +4,9 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 
 use super::check::{Handler, Model, Returns};
+use super::parse::Args;
 
-pub(super) fn expand(item: &syn::ItemImpl, model: &Model) -> TokenStream {
+pub(super) fn expand(item: &syn::ItemImpl, model: &Model, args: &Args) -> TokenStream {
     // sophon fixes the handlers' receiver to `&mut self`, whether or not a handler uses state.
     let mut item = item.clone();
     for handler in item.items.iter_mut().filter_map(|i| match i {
@@ -99,6 +100,13 @@ pub(super) fn expand(item: &syn::ItemImpl, model: &Model) -> TokenStream {
     };
     let nop_fn = nop.as_ref().map(|h| bare(quote!(nop), h));
     let start_fn = start.as_ref().map(|h| bare(quote!(start), h));
+    let blocking_fn = args.blocking.then(|| {
+        quote! {
+            fn blocking(&self) -> bool {
+                true
+            }
+        }
+    });
 
     quote! {
         #item
@@ -121,6 +129,7 @@ pub(super) fn expand(item: &syn::ItemImpl, model: &Model) -> TokenStream {
             #nop_fn
             #start_fn
             #timer_fn
+            #blocking_fn
         }
     }
 }

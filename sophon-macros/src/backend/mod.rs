@@ -13,7 +13,8 @@ pub(crate) const HANDLERS: [&str; 5] = ["query", "read", "nop", "start", "timer"
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    let item = match parse::parse(args, item.clone(), &mut errors) {
+    let args = parse::parse_args(args, &mut errors);
+    let item = match parse::parse(item.clone(), &mut errors) {
         Ok(item) => item,
         Err(error) => {
             let error = error.into_compile_error();
@@ -25,7 +26,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         let compile_errors = errors.to_compile_errors();
         return quote::quote!(#item #compile_errors);
     };
-    let expanded = expand::expand(&item, &model);
+    let expanded = expand::expand(&item, &model, &args);
     let compile_errors = errors.to_compile_errors();
     quote::quote!(#expanded #compile_errors)
 }

@@ -5,11 +5,32 @@ use quote::ToTokens;
 
 use crate::errors::Errors;
 
-/// Parses the item; it must be an inherent impl block. Arguments are reported, not fatal.
-pub(super) fn parse(args: TokenStream, item: TokenStream, errors: &mut Errors) -> syn::Result<syn::ItemImpl> {
-    if !args.is_empty() {
-        errors.spanned(&args, "`#[backend]` takes no arguments; write `#[backend]` on its own");
+/// The attribute's arguments.
+#[derive(Default)]
+pub(super) struct Args {
+    /// `#[backend(blocking)]`: the backend blocks its thread (see `Backend::blocking`).
+    pub(super) blocking: bool,
+}
+
+/// Parses the attribute's arguments: nothing, or `blocking`. Mistakes are reported, not fatal.
+pub(super) fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
+    if args.is_empty() {
+        return Args::default();
     }
+    match syn::parse2::<syn::Ident>(args.clone()) {
+        Ok(ident) if ident == "blocking" => Args { blocking: true },
+        _ => {
+            errors.spanned(
+                &args,
+                "`#[backend]` takes no arguments but `blocking`: write `#[backend]`, or `#[backend(blocking)]` for a backend that blocks its thread",
+            );
+            Args::default()
+        }
+    }
+}
+
+/// Parses the item; it must be an inherent impl block.
+pub(super) fn parse(item: TokenStream, errors: &mut Errors) -> syn::Result<syn::ItemImpl> {
     match syn::parse2::<syn::Item>(item.clone())? {
         syn::Item::Impl(item) => {
             if let Some((path, for_token)) = &item.trait_ {

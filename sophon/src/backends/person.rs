@@ -161,7 +161,7 @@ impl Person {
     }
 }
 
-#[backend]
+#[backend(blocking)]
 impl Person {
     /// Shows the message, then sends on what the person types. When they leave instead (end of
     /// input or `/quit`), asks the system to stop and sends nothing. A passive person only

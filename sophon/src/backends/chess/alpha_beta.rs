@@ -111,7 +111,7 @@ fn negamax(board: &Board, depth: u32, mut alpha: i32, beta: i32, ply: i32) -> i3
     alpha
 }
 
-#[backend]
+#[backend(blocking)]
 impl AlphaBeta {
     /// Answers the position with the engine's best move.
     fn query(&mut self, position: Position) -> Result<ChessMove, BoxError> {

@@ -254,7 +254,7 @@ impl Drop for UciEngine {
     }
 }
 
-#[backend]
+#[backend(blocking)]
 impl UciEngine {
     /// Answers the position with the engine's best move.
     fn query(&mut self, position: Position) -> Result<ChessMove, UciError> {

@@ -393,7 +393,7 @@ fn read_stream(
     if done { Ok(reply) } else { Err(HttpError::Malformed("the stream ended before the reply was finished".into())) }
 }
 
-#[backend]
+#[backend(blocking)]
 impl HttpLlm {
     /// Answers `message` with the model's reply, to every sibling (see the [module docs](super)).
     fn query(&mut self, message: String, ctx: &mut Context<String>) -> Result<(), BoxError> {

@@ -481,7 +481,7 @@ fn byte_level_tokenizer(
     Ok(tokenizer)
 }
 
-#[backend]
+#[backend(blocking)]
 impl LocalLlm {
     /// Answers `message` with the model's reply, to every sibling (see the [module docs](super)).
     fn query(&mut self, message: String, ctx: &mut Context<String>) -> Result<(), BoxError> {
