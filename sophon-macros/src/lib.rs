@@ -151,11 +151,15 @@ pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Statements end with `;`.
 ///
 /// ```text
-/// pub struct Name;                 first, if at all: a named system (see above)
+/// #![pool]                         first, if at all: run on a pool, a worker per core
+/// #![pool(4)]                      the same with 4 workers (any expression); `#![threads]`: a
+///                                  thread per entity (without either: `Runtime::from_env`)
+/// pub struct Name;                 next, if at all: a named system (see above)
 /// pub struct Name(a: A, b: B);     the same, whose `Name::spawn(a, b)` takes what entities need
 /// name = expr;                     an entity running the backend `expr`; its type is inferred
 /// name: Type = expr;               the same, with the backend's type written out
 /// #[bounded(16)] name = expr;      an entity option: queues of at most 16 messages each
+/// #[thread] name = expr;           a thread of its own in a pool, for a backend that blocks
 /// #[restart(max = 5, within = 10s)]
 /// name = || expr;                  restarted when its backend panics: `|| expr` is the factory
 ///                                  that builds it, first and after each panic (at most 5

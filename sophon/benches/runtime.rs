@@ -1,17 +1,33 @@
 //! The same workloads built with sophon and with raw crossbeam-channel threads, in one run.
 //!
 //! Run with `cargo bench -p sophon --bench runtime`. Each module is one workload; `crossbeam` is
-//! the baseline, `sophon` the same shape built with `SystemBuilder`. Compare medians.
+//! the baseline, `sophon` the same shape built with `SystemBuilder` (a thread per agent), and
+//! `sophon_pool` the same again on the pool runtime (two workers, one per core here). Compare
+//! medians.
 
 use std::thread;
 
 use crossbeam_channel::{Sender, bounded, unbounded};
 use divan::Bencher;
 use divan::counter::ItemsCount;
-use sophon::{Backend, BoxError, Context, EntityOptions, SystemBuilder};
+use sophon::{Backend, BoxError, Context, EntityOptions, Runtime, SystemBuilder};
 
 fn main() {
     divan::main();
+}
+
+/// A builder for a system on the pool runtime, a worker per core.
+fn pooled() -> SystemBuilder {
+    let mut b = SystemBuilder::new();
+    b.runtime(Runtime::pool());
+    b
+}
+
+/// A builder for a system of a thread per agent, whatever `SOPHON_RUNTIME` says.
+fn threaded() -> SystemBuilder {
+    let mut b = SystemBuilder::new();
+    b.runtime(Runtime::Threads);
+    b
 }
 
 /// Sends every query on unchanged.
@@ -50,7 +66,7 @@ mod ping_pong {
 
     #[divan::bench]
     fn sophon(bencher: Bencher<'_, '_>) {
-        let mut b = SystemBuilder::new();
+        let mut b = threaded();
         let echo = b.entity("echo", Pass);
         let back = b.output(&echo, "back");
         let system = b.spawn().unwrap();
@@ -60,6 +76,104 @@ mod ping_pong {
             back.recv().unwrap()
         });
         system.shutdown(sophon::DEFAULT_SHUTDOWN_DEADLINE);
+    }
+}
+
+/// Two agents bouncing a counter 100,000 times: a round trip inside the system, with no thread
+/// outside it involved. On the pool both agents share one worker, as actix's actors share an
+/// arbiter.
+mod ping_pong_agents {
+    use super::*;
+
+    const N: u64 = 100_000;
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn crossbeam(bencher: Bencher<'_, '_>) {
+        let (ping_tx, ping_rx) = unbounded::<u64>();
+        let (pong_tx, pong_rx) = unbounded::<u64>();
+        let (done_tx, done_rx) = unbounded::<()>();
+        let pinger = thread::spawn(move || {
+            for n in ping_rx {
+                if n % N == 0 && n > 0 {
+                    done_tx.send(()).unwrap();
+                } else {
+                    pong_tx.send(n + 1).unwrap();
+                }
+            }
+        });
+        let echo_back = ping_tx.clone();
+        let ponger = thread::spawn(move || {
+            for n in pong_rx {
+                echo_back.send(n).unwrap();
+            }
+        });
+        let mut start = 0;
+        bencher.counter(ItemsCount::new(N)).bench_local(|| {
+            ping_tx.send(start + 1).unwrap();
+            done_rx.recv().unwrap();
+            start += N;
+        });
+        drop(ping_tx);
+        pinger.join().unwrap();
+        ponger.join().unwrap();
+    }
+
+    /// Sends `n + 1` on until `n` is a multiple of `N`, then reports.
+    struct Ping;
+
+    #[derive(Clone, Debug)]
+    enum Ball {
+        Bounce(u64),
+        Done,
+    }
+
+    impl From<Ball> for u64 {
+        fn from(ball: Ball) -> u64 {
+            match ball {
+                Ball::Bounce(n) => n,
+                Ball::Done => 0,
+            }
+        }
+    }
+
+    impl Backend for Ping {
+        type Input = u64;
+        type Output = Ball;
+
+        fn query(&mut self, n: u64, ctx: &mut Context<Ball>) -> Result<(), BoxError> {
+            if n % N == 0 && n > 0 {
+                Ok(ctx.send_to("done", Ball::Done)?)
+            } else {
+                Ok(ctx.send_to("pong", Ball::Bounce(n + 1))?)
+            }
+        }
+    }
+
+    fn run(mut b: SystemBuilder, bencher: Bencher<'_, '_>) {
+        let ping = b.entity("ping", Ping);
+        let pong = b.entity("pong", Pass);
+        b.query_edge(&ping, &pong);
+        b.loop_edge(&pong, &ping);
+        let done = b.output(&ping, "done");
+        let system = b.spawn().unwrap();
+        let handle = system.handle(&ping);
+        let mut start = 0;
+        bencher.counter(ItemsCount::new(N)).bench_local(|| {
+            handle.query(start + 1).unwrap();
+            done.recv().unwrap();
+            start += N;
+        });
+        system.shutdown(sophon::DEFAULT_SHUTDOWN_DEADLINE);
+    }
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn sophon(bencher: Bencher<'_, '_>) {
+        run(threaded(), bencher);
+    }
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn sophon_pool(bencher: Bencher<'_, '_>) {
+        run(pooled(), bencher);
     }
 }
 
@@ -89,7 +203,7 @@ mod ask {
     /// `Handle::call`: the first answer.
     #[divan::bench(sample_count = 100, sample_size = 1000)]
     fn sophon(bencher: Bencher<'_, '_>) {
-        let mut b = SystemBuilder::new();
+        let mut b = threaded();
         let echo = b.entity("echo", Pass);
         let system = b.spawn().unwrap();
         let handle = system.handle(&echo);
@@ -100,7 +214,7 @@ mod ask {
     /// `Handle::ask`, read to its end.
     #[divan::bench(sample_count = 100, sample_size = 1000)]
     fn sophon_whole_reply(bencher: Bencher<'_, '_>) {
-        let mut b = SystemBuilder::new();
+        let mut b = threaded();
         let echo = b.entity("echo", Pass);
         let system = b.spawn().unwrap();
         let handle = system.handle(&echo);
@@ -159,7 +273,15 @@ mod pipeline {
 
     #[divan::bench(sample_count = 10, sample_size = 1)]
     fn sophon(bencher: Bencher<'_, '_>) {
-        let mut b = SystemBuilder::new();
+        run(threaded(), bencher);
+    }
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn sophon_pool(bencher: Bencher<'_, '_>) {
+        run(pooled(), bencher);
+    }
+
+    fn run(mut b: SystemBuilder, bencher: Bencher<'_, '_>) {
         let stages: Vec<_> = (0..STAGES).map(|i| b.entity(&format!("s{i}"), Pass)).collect();
         for pair in stages.windows(2) {
             b.query_edge(&pair[0], &pair[1]);
@@ -246,7 +368,7 @@ mod pipeline {
 
     #[divan::bench(sample_count = 10, sample_size = 1)]
     fn sophon_bounded(bencher: Bencher<'_, '_>) {
-        let mut b = SystemBuilder::new();
+        let mut b = threaded();
         let stages: Vec<_> =
             (0..STAGES).map(|i| b.entity_with(&format!("s{i}"), Pass, EntityOptions::new().bounded(BOUND))).collect();
         for pair in stages.windows(2) {
@@ -368,7 +490,15 @@ mod fan_out {
 
     #[divan::bench(sample_count = 10, sample_size = 1)]
     fn sophon(bencher: Bencher<'_, '_>) {
-        let mut b = SystemBuilder::new();
+        run(threaded(), bencher);
+    }
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn sophon_pool(bencher: Bencher<'_, '_>) {
+        run(pooled(), bencher);
+    }
+
+    fn run(mut b: SystemBuilder, bencher: Bencher<'_, '_>) {
         let producer = b.entity("producer", Producer);
         let (done_tx, done_rx) = unbounded();
         for i in 0..CONSUMERS {
@@ -428,10 +558,24 @@ mod spawn {
 
     #[divan::bench(sample_count = 10, sample_size = 1)]
     fn sophon(bencher: Bencher<'_, '_>) {
-        bencher.bench_local(|| {
+        bencher.bench_local(|| run(threaded(), AGENTS));
+    }
+
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn sophon_pool(bencher: Bencher<'_, '_>) {
+        bencher.bench_local(|| run(pooled(), AGENTS));
+    }
+
+    /// A million agents on the pool: spawned, each asked once, and shut down.
+    #[divan::bench(sample_count = 3, sample_size = 1)]
+    fn sophon_pool_million(bencher: Bencher<'_, '_>) {
+        bencher.bench_local(|| run(pooled(), 1_000_000));
+    }
+
+    fn run(mut b: SystemBuilder, agents: usize) -> sophon::Report {
+        {
             let (back_tx, back_rx) = unbounded::<u64>();
-            let mut b = SystemBuilder::new();
-            let nodes: Vec<_> = (0..AGENTS)
+            let nodes: Vec<_> = (0..agents)
                 .map(|i| {
                     let node = b.entity(&format!("a{i}"), Pass);
                     b.output_to(&node, "back", back_tx.clone());
@@ -442,10 +586,10 @@ mod spawn {
             for node in &nodes {
                 system.handle(node).query(1).unwrap();
             }
-            for _ in 0..AGENTS {
+            for _ in 0..agents {
                 back_rx.recv().unwrap();
             }
             system.shutdown(sophon::DEFAULT_SHUTDOWN_DEADLINE)
-        });
+        }
     }
 }

@@ -14,17 +14,69 @@ use super::parse::{Arrow, Entity, Statement, SystemInput};
 use crate::errors::{Errors, closest};
 
 /// The options an entity may carry, e.g. `#[bounded(16)] worker = Worker::new();`.
-const OPTIONS: &[&str] = &["bounded", "restart", "cfg", "doc"];
+const OPTIONS: &[&str] = &["bounded", "restart", "thread", "cfg", "doc"];
 
 /// How the options are written, for hints.
-const OPTIONS_HELP: &str =
-    "`#[bounded(N)]`, `#[restart(max = N, within = DURATION)]`, `#[cfg(PREDICATE)]` and `///` doc comments";
+const OPTIONS_HELP: &str = "`#[bounded(N)]`, `#[restart(max = N, within = DURATION)]`, `#[thread]`, `#[cfg(PREDICATE)]` and `///` doc comments";
+
+/// The options of the whole system, written first: `#![pool]`, `#![pool(4)]`, `#![threads]`.
+const RUNTIME_HELP: &str =
+    "`#![pool]` (a worker per core), `#![pool(N)]` (N workers) or `#![threads]` (a thread per entity)";
+
+/// The runtime a system asks for, as a call on the builder: `pool(4)`, say.
+pub(super) fn runtime(inner: &[Attribute], errors: &mut Errors) -> Option<TokenStream> {
+    let mut chosen: Option<TokenStream> = None;
+    for attr in inner {
+        let name = attr.path().get_ident().map(ToString::to_string).unwrap_or_default();
+        let call = match (name.as_str(), &attr.meta) {
+            ("threads", Meta::Path(_)) => quote!(runtime(::sophon::Runtime::Threads)),
+            ("pool", Meta::Path(_)) => quote!(runtime(::sophon::Runtime::pool())),
+            ("pool", Meta::List(list)) => match syn::parse2::<Expr>(list.tokens.clone()) {
+                Ok(Expr::Lit(syn::ExprLit { lit: Lit::Int(n), .. })) if n.base10_parse::<usize>().ok() == Some(0) => {
+                    errors.spanned(n, "a pool needs at least one worker: `#![pool(1)]` or more");
+                    continue;
+                }
+                Ok(workers) => quote!(pool(#workers)),
+                Err(_) => {
+                    errors.spanned(
+                        attr,
+                        "`pool` takes the number of workers: `#![pool(4)]`, or `#![pool]` for one per core",
+                    );
+                    continue;
+                }
+            },
+            ("threads" | "pool", _) => {
+                errors.spanned(attr, format!("write the runtime as {RUNTIME_HELP}"));
+                continue;
+            }
+            _ => {
+                let hint = match closest(&name, ["pool", "threads"]) {
+                    Some(close) => format!("did you mean `{close}`? "),
+                    None => String::new(),
+                };
+                errors.spanned(
+                    attr.path(),
+                    format!("unknown system option `{name}`; {hint}a system takes its runtime: {RUNTIME_HELP}"),
+                );
+                continue;
+            }
+        };
+        if chosen.is_some() {
+            errors.spanned(attr, "the runtime is given twice; keep one");
+            continue;
+        }
+        chosen = Some(call);
+    }
+    chosen
+}
 
 /// An entity's options, as checked.
 #[derive(Default)]
 pub(super) struct Options {
     pub(super) bounded: Option<LitInt>,
     pub(super) restart: Option<RestartOption>,
+    /// `#[thread]`: a thread of its own in a system run by a pool.
+    pub(super) thread: bool,
     /// `///` lines, for the entity's handle field.
     pub(super) docs: Vec<Attribute>,
     /// The predicates of its `#[cfg(..)]`s: the entity exists when all hold.
@@ -76,6 +128,15 @@ fn check_options(entity: &Entity, errors: &mut Errors) -> Options {
                     Some(capacity) => options.bounded = Some(capacity),
                     None => errors
                         .spanned(attr, "`bounded` takes the queue's capacity, a positive integer: `#[bounded(16)]`"),
+                }
+            }
+            "thread" => {
+                if options.thread {
+                    errors.spanned(attr, "option `thread` is given twice; keep one");
+                } else if !matches!(attr.meta, Meta::Path(_)) {
+                    errors.spanned(attr, "`thread` takes no arguments: `#[thread]`");
+                } else {
+                    options.thread = true;
                 }
             }
             "restart" => {
@@ -131,7 +192,7 @@ fn check_edge_attributes(input: &SystemInput, errors: &mut Errors) {
             }
             let path = attr.path();
             let name = quote!(#path).to_string().replace(' ', "");
-            let hint = if ["bounded", "restart"].contains(&name.as_str()) {
+            let hint = if ["bounded", "restart", "thread"].contains(&name.as_str()) {
                 format!("; `#[{name}]` is an option of an entity: put it on the line that declares the entity")
             } else {
                 String::new()

@@ -52,7 +52,7 @@ struct Built<'a> {
     fields: Vec<Field<'a>>,
 }
 
-fn build<'a>(graph: &Graph<'a>, options: &[Options]) -> Built<'a> {
+fn build<'a>(graph: &Graph<'a>, options: &[Options], runtime: Option<&TokenStream>) -> Built<'a> {
     let builder = Ident::new("__sophon_builder", Span::call_site());
     let system = Ident::new("__sophon_system", Span::call_site());
     let mut seen = std::collections::HashSet::new();
@@ -75,6 +75,9 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options]) -> Built<'a> {
         let mut opts = quote!(::sophon::EntityOptions::new());
         if let Some(capacity) = &options[i].bounded {
             opts = quote!(#opts.bounded(#capacity));
+        }
+        if options[i].thread {
+            opts = quote!(#opts.thread());
         }
         // A restarted entity is given a factory, which builds its first backend too.
         let entity_fn = match (&options[i].restart, &entity.ty) {
@@ -218,8 +221,10 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options]) -> Built<'a> {
     fields.extend(output_fields);
 
     let wiring = wiring_checks(graph, &entities, options);
+    let runtime = runtime.map(|call| quote!(#builder.#call;));
     let body = quote! {
         let mut #builder = ::sophon::SystemBuilder::new();
+        #runtime
         #(#declare)*
         #(#edges)*
         #(#output_channels)*
@@ -334,9 +339,9 @@ fn system_methods(vis: &TokenStream) -> TokenStream {
 
 /// The anonymous form: a block that defines a local struct, generic over its fields' types, and
 /// evaluates to the spawned system.
-pub(super) fn expand(graph: &Graph<'_>, options: &[Options]) -> TokenStream {
+pub(super) fn expand(graph: &Graph<'_>, options: &[Options], runtime: Option<&TokenStream>) -> TokenStream {
     let system = Ident::new("__sophon_system", Span::call_site());
-    let built = build(graph, options);
+    let built = build(graph, options, runtime);
     let params: Vec<Ident> = (0..built.fields.len()).map(|i| format_ident!("__T{}", i)).collect();
     // A field that a `#[cfg(..)]` removes leaves its type parameter to a marker field instead.
     let fields = built.fields.iter().zip(&params).enumerate().map(|(k, (field, param))| {
@@ -382,9 +387,14 @@ pub(super) fn expand(graph: &Graph<'_>, options: &[Options]) -> TokenStream {
 
 /// The named form: a struct of the given name and visibility whose `spawn` builds and starts the
 /// system. Its fields are typed by the entities' declared backend types.
-pub(super) fn expand_named(header: &Header, graph: &Graph<'_>, options: &[Options]) -> TokenStream {
+pub(super) fn expand_named(
+    header: &Header,
+    graph: &Graph<'_>,
+    options: &[Options],
+    runtime: Option<&TokenStream>,
+) -> TokenStream {
     let system = Ident::new("__sophon_system", Span::call_site());
-    let mut built = build(graph, options);
+    let mut built = build(graph, options, runtime);
     // An entity without a type (already reported) has no field.
     built.fields.retain(|f| f.ty.is_some());
     let (name, vis, attrs) = (&header.name, &header.vis, &header.attrs);

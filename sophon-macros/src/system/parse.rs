@@ -2,7 +2,8 @@
 //! check.
 //!
 //! ```text
-//! system    := (header ';')? statement (';' statement)* ';'?
+//! system    := inner* (header ';')? statement (';' statement)* ';'?
+//! inner     := '#' '!' '[' IDENT ('(' TOKENS ')')? ']'   (the runtime: `#![pool]`, `#![pool(4)]`, `#![threads]`)
 //! header    := attribute* VISIBILITY 'struct' IDENT ('(' param (',' param)* ','? ')')?
 //! param     := IDENT ':' TYPE
 //! statement := entity | edge
@@ -24,6 +25,8 @@ mod kw {
 }
 
 pub(super) struct SystemInput {
+    /// `#![pool(4)]`: options of the whole system, checked later.
+    pub(super) inner: Vec<Attribute>,
     /// `pub struct Chat(..);`: the system is a named struct, declared where the macro is.
     pub(super) header: Option<Header>,
     pub(super) statements: Vec<Statement>,
@@ -102,6 +105,7 @@ impl quote::ToTokens for Target {
 
 impl Parse for SystemInput {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let inner = input.call(Attribute::parse_inner)?;
         let header = if starts_header(input) {
             let header = input.parse()?;
             if !input.is_empty() {
@@ -117,7 +121,7 @@ impl Parse for SystemInput {
             end_of_statement(input, &statement)?;
             statements.push(statement);
         }
-        Ok(SystemInput { header, statements })
+        Ok(SystemInput { inner, header, statements })
     }
 }
 
