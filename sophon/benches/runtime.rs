@@ -94,7 +94,7 @@ mod ping_pong_agents {
         let (done_tx, done_rx) = unbounded::<()>();
         let pinger = thread::spawn(move || {
             for n in ping_rx {
-                if n % N == 0 && n > 0 {
+                if n.is_multiple_of(N) && n > 0 {
                     done_tx.send(()).unwrap();
                 } else {
                     pong_tx.send(n + 1).unwrap();
@@ -141,7 +141,7 @@ mod ping_pong_agents {
         type Output = Ball;
 
         fn query(&mut self, n: u64, ctx: &mut Context<Ball>) -> Result<(), BoxError> {
-            if n % N == 0 && n > 0 {
+            if n.is_multiple_of(N) && n > 0 {
                 Ok(ctx.send_to("done", Ball::Done)?)
             } else {
                 Ok(ctx.send_to("pong", Ball::Bounce(n + 1))?)
