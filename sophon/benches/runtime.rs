@@ -94,6 +94,10 @@ mod ping_pong_agents {
         let (done_tx, done_rx) = unbounded::<()>();
         let pinger = thread::spawn(move || {
             for n in ping_rx {
+                if n == u64::MAX {
+                    // Ends the ponger too, which holds a sender back to this thread.
+                    break;
+                }
                 if n.is_multiple_of(N) && n > 0 {
                     done_tx.send(()).unwrap();
                 } else {
@@ -113,7 +117,7 @@ mod ping_pong_agents {
             done_rx.recv().unwrap();
             start += N;
         });
-        drop(ping_tx);
+        ping_tx.send(u64::MAX).unwrap();
         pinger.join().unwrap();
         ponger.join().unwrap();
     }
