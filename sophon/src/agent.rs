@@ -335,6 +335,14 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                     Flow::Failed => EntityState::Failed,
                 });
             }
+            Incoming::Envelope(Envelope::Visit(visit)) => {
+                // Not a message: kept out of the handling time. The function catches its own
+                // panics (see `System::for_each`).
+                self.close_batch();
+                (*visit)(&mut self.backend);
+                self.timing.restart();
+                Flow::Continue
+            }
             Incoming::Envelope(Envelope::Swap(request)) => {
                 if self.catch_up() == Flow::Failed {
                     let _ = request.reply.send(Err(request.backend));

@@ -27,7 +27,13 @@ pub(crate) enum Envelope<I, O> {
     Ask(Box<(I, Asker<O>)>),
     Nop,
     Swap(Box<SwapRequest<I, O>>),
+    /// A function to run on the backend between two messages (see `System::for_each`). Boxed
+    /// twice, so that the inbox's slots stay thin.
+    Visit(Box<Visit<I, O>>),
 }
+
+/// A function run on an entity's backend by its agent, between two messages.
+pub(crate) type Visit<I, O> = Box<dyn FnOnce(&mut BoxBackend<I, O>) + Send>;
 
 pub(crate) struct SwapRequest<I, O> {
     pub(crate) backend: BoxBackend<I, O>,
@@ -393,7 +399,8 @@ impl<I, O> Port<I, O> {
                     let why = self.core.state().refusal().unwrap_or(ErrorKind::DeadlinePassed);
                     asker.fail(ReplyErrorKind::NotHandled(why), None);
                 }
-                Envelope::Nop => {}
+                // Dropped: the caller of `for_each` sees the entity was not visited.
+                Envelope::Nop | Envelope::Visit(_) => {}
                 Envelope::Swap(req) => {
                     let _ = req.reply.send(Err(req.backend));
                 }

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use uuid::Uuid;
 
+use crate::backend::Backend;
 use crate::builder::{Checked, Node, SystemBuilder};
-use crate::entity::{EntityState, ErasedPort, Handle, Port, Stats};
+use crate::entity::{EntityState, Envelope, ErasedPort, Handle, Port, Stats, Visit};
 use crate::err::{BuildError, BuildProblem};
 use crate::pool::{Pool, Runtime, Task, Workers};
 use crate::shared::{CLOSED, CLOSING, Failure, Shared};
@@ -296,6 +297,107 @@ impl System {
     fn typed<I: Send + 'static, O: Send + 'static>(&self, index: usize) -> Option<Handle<I, O>> {
         let port = self.ports[index].clone().as_any().downcast::<Port<I, O>>().ok()?;
         Some(Handle::new(&port))
+    }
+
+    /// Runs `f` on the backend of every running entity whose backend is a `B`, and returns each
+    /// one's handle and result, in the order the entities were added.
+    ///
+    /// Each entity's agent runs `f` between two of its messages, as it would handle a message
+    /// from a handle: nothing stops, nothing is lost, and the agents run it in parallel (on the
+    /// pool's workers, or each on its own thread). This is how to change a setting on ten
+    /// thousand agents at once, or to sum their state, while messages flow. It returns once
+    /// every such entity has run it; an entity that stops or fails before it gets there is left
+    /// out. Entities whose input and output types are not `B`'s are not asked; one whose
+    /// backend was swapped for another type is left out.
+    ///
+    /// # Panics
+    ///
+    /// If `f` panics on some backend, after every entity has run it: the first panic is
+    /// passed on to the caller. The agents themselves go on.
+    ///
+    /// A handler calling this on a system that includes its own entity waits forever for its
+    /// own agent; call it from outside the system.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sophon::{Backend, BoxError, Context, SystemBuilder};
+    ///
+    /// struct Counter {
+    ///     count: u64,
+    ///     step: u64,
+    /// }
+    /// impl Backend for Counter {
+    ///     type Input = ();
+    ///     type Output = u64;
+    ///     fn query(&mut self, (): (), ctx: &mut Context<u64>) -> Result<(), BoxError> {
+    ///         self.count += self.step;
+    ///         Ok(ctx.send(self.count)?)
+    ///     }
+    /// }
+    ///
+    /// let mut builder = SystemBuilder::new();
+    /// builder.pool(2);
+    /// let counters: Vec<_> =
+    ///     (0..1000).map(|i| builder.entity(&format!("c{i}"), Counter { count: 0, step: 1 })).collect();
+    /// let system = builder.spawn()?;
+    /// for counter in &counters {
+    ///     system.handle(counter).query(())?;
+    /// }
+    /// // Every counter now counts in tens; what was queued before this runs first.
+    /// system.for_each(|c: &mut Counter| c.step = 10);
+    /// for counter in &counters {
+    ///     system.handle(counter).query(())?;
+    /// }
+    /// let total: u64 = system.for_each(|c: &mut Counter| c.count).into_iter().map(|(_, n)| n).sum();
+    /// assert_eq!(total, 1000 * 11);
+    /// assert!(system.shutdown(Duration::from_secs(5)).is_clean());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn for_each<B, R, F>(&self, f: F) -> Vec<(Handle<B::Input, B::Output>, R)>
+    where
+        B: Backend,
+        R: Send + 'static,
+        F: Fn(&mut B) -> R + Send + Sync + 'static,
+    {
+        type Answer<R> = (usize, Option<std::thread::Result<R>>);
+        let f = Arc::new(f);
+        let (tx, rx) = crossbeam_channel::unbounded::<Answer<R>>();
+        let mut handles: Vec<Option<Handle<B::Input, B::Output>>> = vec![None; self.ports.len()];
+        for (index, port) in self.ports.iter().enumerate() {
+            let Ok(port) = port.clone().as_any().downcast::<Port<B::Input, B::Output>>() else { continue };
+            if port.core.state() != EntityState::Running {
+                continue;
+            }
+            let (f, tx) = (f.clone(), tx.clone());
+            let visit: Visit<B::Input, B::Output> = Box::new(move |backend| {
+                let any: &mut dyn std::any::Any = backend.as_mut();
+                let result =
+                    any.downcast_mut::<B>().map(|b| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(b))));
+                let _ = tx.send((index, result));
+            });
+            if port.enqueue(Envelope::Visit(Box::new(visit))).is_ok() {
+                handles[index] = Some(Handle::new(&port));
+            }
+        }
+        drop(tx);
+        // Every visit answers, or is dropped (its entity ended) with its sender.
+        let mut results: Vec<Option<R>> = (0..self.ports.len()).map(|_| None).collect();
+        let mut panic = None;
+        for (index, answer) in rx {
+            match answer {
+                Some(Ok(result)) => results[index] = Some(result),
+                Some(Err(payload)) => {
+                    panic.get_or_insert(payload);
+                }
+                None => {}
+            }
+        }
+        if let Some(payload) = panic {
+            std::panic::resume_unwind(payload);
+        }
+        handles.into_iter().zip(results).filter_map(|(handle, result)| Some((handle?, result?))).collect()
     }
 
     /// The names of the entities, in the order they were added.

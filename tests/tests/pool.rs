@@ -250,3 +250,93 @@ fn a_ping_pong_on_one_worker_keeps_order() {
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.entity("pong").unwrap().stats.handled, N);
 }
+
+/// Counts queries; `step` is what a query adds.
+struct Counter {
+    count: u64,
+    step: u64,
+    visits: u64,
+}
+
+impl Backend for Counter {
+    type Input = u64;
+    type Output = u64;
+
+    fn query(&mut self, n: u64, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+        self.count += self.step;
+        Ok(ctx.send(n)?)
+    }
+}
+
+// `for_each` over 10,000 entities while a stream of queries flows through them: each is visited
+// exactly once, between two messages, and none of the messages is lost.
+#[test]
+fn for_each_visits_ten_thousand_entities_once_while_messages_flow() {
+    const N: usize = 10_000;
+    const ROUNDS: u64 = 20;
+    let mut b = SystemBuilder::new();
+    b.pool(2);
+    let (tx, out) = crossbeam_channel::unbounded();
+    let nodes: Vec<_> = (0..N)
+        .map(|i| {
+            let node = b.entity(&format!("c{i}"), Counter { count: 0, step: 1, visits: 0 });
+            b.output_to(&node, "out", tx.clone());
+            node
+        })
+        .collect();
+    // An entity of another type is not visited.
+    b.entity("other", pass::<u64>());
+    let system = b.spawn().unwrap();
+    let handles: Vec<_> = nodes.iter().map(|n| system.handle(n)).collect();
+    let feeder = {
+        let handles = handles.clone();
+        std::thread::spawn(move || {
+            for round in 0..ROUNDS {
+                for h in &handles {
+                    h.query(round).unwrap();
+                }
+            }
+        })
+    };
+    let visited = system.for_each(|c: &mut Counter| {
+        c.visits += 1;
+        c.step = 2;
+        c.count
+    });
+    feeder.join().unwrap();
+    assert_eq!(visited.len(), N);
+    let names: HashSet<_> = visited.iter().map(|(h, _)| h.name().to_string()).collect();
+    assert_eq!(names.len(), N, "each entity once");
+    assert!(visited.iter().zip(&handles).all(|((h, _), expected)| h.id() == expected.id()), "in entity order");
+    assert_eq!(out.iter().take(N * ROUNDS as usize).count(), N * ROUNDS as usize);
+    // What each had counted when visited, plus twice what came after, is its count now.
+    let now = system.for_each(|c: &mut Counter| (c.count, c.visits));
+    for ((_, before), (_, (count, visits))) in visited.iter().zip(&now) {
+        assert_eq!(*visits, 1);
+        assert_eq!(count - before, 2 * (ROUNDS - before), "{before} then {count}");
+    }
+    assert!(system.shutdown(DEADLINE).is_clean());
+}
+
+// In either runtime (CI runs this suite in both), `for_each` reaches every running entity of the
+// type, leaves out a stopped one, and passes a panic of its function on, after the others ran.
+#[test]
+fn for_each_skips_stopped_entities_and_passes_a_panic_on() {
+    let mut b = SystemBuilder::new();
+    let nodes: Vec<_> = (0..8).map(|i| b.entity(&format!("c{i}"), Counter { count: i, step: 1, visits: 0 })).collect();
+    let system = b.spawn().unwrap();
+    system.handle(&nodes[3]).stop().unwrap();
+    wait_until(|| system.handle(&nodes[3]).state().unwrap() != sophon::EntityState::Running);
+    let counts: Vec<u64> = system.for_each(|c: &mut Counter| c.count).into_iter().map(|(_, n)| n).collect();
+    assert_eq!(counts, [0, 1, 2, 4, 5, 6, 7]);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        system.for_each(|c: &mut Counter| {
+            c.visits += 1;
+            assert_ne!(c.count, 5, "five");
+        })
+    }));
+    assert!(panicked.is_err());
+    let visits: Vec<u64> = system.for_each(|c: &mut Counter| c.visits).into_iter().map(|(_, n)| n).collect();
+    assert_eq!(visits, [1; 7], "every other entity ran it, and the agents went on");
+    assert!(system.shutdown(DEADLINE).is_clean());
+}
