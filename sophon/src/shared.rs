@@ -50,6 +50,9 @@ pub(crate) struct Shared {
 pub(crate) struct Signal {
     pub(crate) stop_requested: bool,
     pub(crate) live_agents: usize,
+    /// Waiters that want to hear of every agent that ends, not only of the last: without them,
+    /// a million agents ending wake nobody until the last one.
+    watching_each: usize,
 }
 
 impl Shared {
@@ -61,7 +64,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             expired: AtomicBool::new(false),
             intake: AtomicU8::new(OPEN),
-            signal: Mutex::new(Signal { stop_requested: false, live_agents: 0 }),
+            signal: Mutex::new(Signal { stop_requested: false, live_agents: 0, watching_each: 0 }),
             changed: Condvar::new(),
             failures_tx,
             failures_rx,
@@ -78,18 +81,39 @@ impl Shared {
         self.signal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits while `busy` holds, at most `timeout`; returns whether `busy` stopped holding.
-    pub(crate) fn wait_while(&self, timeout: Option<Duration>, mut busy: impl FnMut(&mut Signal) -> bool) -> bool {
-        let guard = self.signal();
+    /// Waits while `busy` holds, at most `timeout`; returns whether `busy` stopped holding. It
+    /// is woken by a stop request and by the last agent ending; with `each_end`, by every agent
+    /// ending.
+    pub(crate) fn wait_while(
+        &self,
+        timeout: Option<Duration>,
+        each_end: bool,
+        mut busy: impl FnMut(&mut Signal) -> bool,
+    ) -> bool {
+        let mut guard = self.signal();
+        if each_end {
+            guard.watching_each += 1;
+        }
+        let (mut guard, done) = self.wait_on(guard, timeout, &mut busy);
+        if each_end {
+            guard.watching_each -= 1;
+        }
+        done
+    }
+
+    fn wait_on<'a>(
+        &self,
+        guard: MutexGuard<'a, Signal>,
+        timeout: Option<Duration>,
+        mut busy: impl FnMut(&mut Signal) -> bool,
+    ) -> (MutexGuard<'a, Signal>, bool) {
         match timeout {
-            None => {
-                let _guard = self.changed.wait_while(guard, busy).unwrap_or_else(|e| e.into_inner());
-                true
-            }
+            None => (self.changed.wait_while(guard, busy).unwrap_or_else(|e| e.into_inner()), true),
             Some(t) => {
                 let (mut guard, _) =
                     self.changed.wait_timeout_while(guard, t, &mut busy).unwrap_or_else(|e| e.into_inner());
-                !busy(&mut guard)
+                let done = !busy(&mut guard);
+                (guard, done)
             }
         }
     }
@@ -104,8 +128,14 @@ impl Shared {
     }
 
     pub(crate) fn agent_ended(&self) {
-        self.signal().live_agents -= 1;
-        self.changed.notify_all();
+        let notify = {
+            let mut signal = self.signal();
+            signal.live_agents -= 1;
+            signal.live_agents == 0 || signal.watching_each > 0
+        };
+        if notify {
+            self.changed.notify_all();
+        }
     }
 
     pub(crate) fn report(&self, failure: Failure) {

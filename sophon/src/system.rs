@@ -425,7 +425,7 @@ impl System {
     /// Waits until a backend asks the system to stop or every agent has ended; `None` waits
     /// without limit. Returns whether that happened (rather than the timeout).
     pub fn wait_for_stop(&self, timeout: Option<Duration>) -> bool {
-        self.shared.wait_while(timeout, |s| !(s.stop_requested || s.live_agents == 0))
+        self.shared.wait_while(timeout, false, |s| !(s.stop_requested || s.live_agents == 0))
     }
 
     /// Waits until a stop is requested (or every agent has ended), then shuts down with
@@ -615,20 +615,33 @@ impl System {
     /// `deadline` passes, waits for room give up.
     fn stop_in_order(&self, stopped: &mut [bool], deadline: Instant, stop_by: Instant) -> bool {
         let ended = |m: &usize| self.ports[*m].core().ended.load(Ordering::Acquire);
+        // Groups whose members have all ended, and those left to look at: each pass looks at
+        // the groups still running only, so that a million independent entities stop in time
+        // linear in their number.
+        let mut done = vec![false; self.groups.len()];
+        let mut left: Vec<usize> = (0..self.groups.len()).collect();
         loop {
             let live = self.shared.signal().live_agents;
+            left.retain(|&g| {
+                done[g] = self.groups[g].members.iter().all(ended);
+                !done[g]
+            });
+            if left.is_empty() {
+                return true;
+            }
             let mut pending = false;
-            for group in &self.groups {
-                if group.upstream.iter().all(|&u| self.groups[u].members.iter().all(ended)) {
+            let mut all_sent = true;
+            for &g in &left {
+                let group = &self.groups[g];
+                if group.upstream.iter().all(|&u| done[u]) {
                     for &m in &group.members {
                         // A `Nop` that finds a full bounded inbox is tried again on the next pass.
                         stopped[m] = stopped[m] || self.ports[m].try_stop();
                         pending |= !stopped[m];
                     }
+                } else {
+                    all_sent = false;
                 }
-            }
-            if self.ports.iter().all(|p| p.core().ended.load(Ordering::Acquire)) {
-                return true;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -644,7 +657,12 @@ impl System {
             if now < deadline {
                 wait = wait.min(deadline - now);
             }
-            self.shared.wait_while(Some(wait), |s| s.live_agents == live);
+            if all_sent && !pending {
+                // Every entity has its `Nop`: only their ends are left to wait for.
+                self.shared.wait_while(Some(wait), false, |s| s.live_agents > 0);
+            } else {
+                self.shared.wait_while(Some(wait), true, |s| s.live_agents == live);
+            }
         }
     }
 
@@ -662,7 +680,7 @@ impl System {
                 return;
             }
             let wait = if pending { (by - now).min(Duration::from_millis(1)) } else { by - now };
-            self.shared.wait_while(Some(wait), |s| s.live_agents == live);
+            self.shared.wait_while(Some(wait), true, |s| s.live_agents == live);
         }
     }
 
