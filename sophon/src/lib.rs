@@ -8,8 +8,9 @@
 //!   up and stop). Message bodies are your own types.
 //! - An entity is one running instance of a backend, with a UUID. You hold it through typed,
 //!   weak [`Handle`]s, and can swap its backend while the system runs.
-//! - An agent is an entity's thread (`sophon:<name>`): it waits on its crossbeam channel, runs
-//!   the backend and sends to its siblings, its outgoing edges.
+//! - An agent is what runs an entity: its own thread (`sophon:<name>`), or turns of up to 64
+//!   messages on a worker of a pool ([`Runtime`]). It waits on its crossbeam channels, runs the
+//!   backend and sends to its siblings, its outgoing edges.
 //! - A [`System`] is entities plus edges, built with [`SystemBuilder`] (or declared with the
 //!   `agent_system!` macro, which expands to the builder, anonymous or as a named struct).
 //! - Code outside the system sends through handles: [`Handle::query`] and [`Handle::read`]

@@ -55,9 +55,14 @@ pub enum Runtime {
     /// (a person at a terminal, a model, a process) or that each keep a core busy.
     Threads,
     /// A fixed pool of worker threads shared by all the entities: spawning an entity costs no
-    /// thread, so a system can have a million of them. Entities that block keep a thread of
-    /// their own (see [`EntityOptions::thread`](crate::EntityOptions::thread) and
-    /// [`Backend::blocking`](crate::Backend::blocking)).
+    /// thread, so a system can have a million of them. Each agent handles up to 64 messages in
+    /// a turn, then yields its worker. Entities that block keep a thread of their own (see
+    /// [`EntityOptions::thread`](crate::EntityOptions::thread) and
+    /// [`Backend::blocking`](crate::Backend::blocking)): a handler that waits (on a terminal, a
+    /// process, [`Handle::call`](crate::Handle::call) or [`Handle::swap`](crate::Handle::swap)
+    /// of another entity) holds its worker meanwhile. A send that finds a full bounded queue
+    /// does not: the message waits with its agent, which takes no further message until it is
+    /// delivered.
     Pool {
         /// How many worker threads; at least 1.
         workers: usize,
@@ -323,6 +328,9 @@ impl Workers {
             // Tasks left in the shared queues would keep the pool alive through their own
             // reference to it.
             while !self.pool.injector.steal().is_empty() {}
+            for lifo in &self.pool.lifos {
+                lifo.take();
+            }
             self.pool.timers.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
     }
