@@ -355,6 +355,7 @@ impl System {
     /// assert!(system.shutdown(Duration::from_secs(5)).is_clean());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[allow(clippy::type_complexity, reason = "a handle and a result per entity reads plainer than an alias")]
     pub fn for_each<B, R, F>(&self, f: F) -> Vec<(Handle<B::Input, B::Output>, R)>
     where
         B: Backend,
