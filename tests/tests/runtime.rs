@@ -234,7 +234,8 @@ fn a_panicking_backend_fails_alone_and_nothing_is_silently_dropped() {
     let mut b = SystemBuilder::new();
     let feeder = b.entity("feeder", pass::<u32>());
     let gate = release.clone();
-    let fragile = b.entity(
+    // It waits at the gate: in a system run by a pool it gets a thread of its own.
+    let fragile = b.entity_with(
         "fragile",
         from_fn(move |n: u32, ctx: &mut Context<u32>| {
             while !gate.load(Ordering::SeqCst) {
@@ -245,6 +246,7 @@ fn a_panicking_backend_fails_alone_and_nothing_is_silently_dropped() {
             }
             Ok(ctx.send(n)?)
         }),
+        EntityOptions::new().thread(),
     );
     let steady = b.entity("steady", pass::<u32>());
     b.query_edge(&feeder, &fragile).query_edge(&feeder, &steady);
