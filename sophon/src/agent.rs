@@ -339,7 +339,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 // Not a message: kept out of the handling time. The function catches its own
                 // panics (see `System::for_each`).
                 self.close_batch();
-                (*visit)(&mut self.backend);
+                (*visit)(&mut self.backend, &mut self.ctx);
                 self.timing.restart();
                 Flow::Continue
             }

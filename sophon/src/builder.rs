@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::agent::{Agent, vacant};
 use crate::backend::{BoxBackend, IntoBackend};
-use crate::context::{EdgeKind, Outlet, OutputOutlet, PortOutlet, QueryOutlet, ReadOutlet, Sibling};
-use crate::entity::{Core, ErasedPort, Port};
-use crate::err::{BuildError, BuildProblem};
+use crossbeam_channel::Sender;
+
+use crate::context::{Context, EdgeKind, Outlet, OutputOutlet, PortOutlet, QueryOutlet, ReadOutlet, Sibling};
+use crate::entity::{Core, EntityState, Envelope, ErasedPort, Port, Visit};
+use crate::err::BuildProblem;
 use crate::pool::{Runnable, Runtime};
 use crate::ports::{OutPort, Ports};
 use crate::restart::{Factory, FactoryOutput, Restart, Supervisor, boxed_factory};
@@ -25,6 +27,12 @@ pub struct Node<I, O> {
     pub(crate) builder: u64,
     pub(crate) index: usize,
     types: PhantomData<fn(I) -> O>,
+}
+
+impl<I, O> Node<I, O> {
+    pub(crate) fn new(builder: u64, index: usize) -> Self {
+        Node { builder, index, types: PhantomData }
+    }
 }
 
 impl<I, O> Clone for Node<I, O> {
@@ -145,24 +153,61 @@ impl<I: Send + 'static, O: Send + 'static> PendingAgent for Agent<I, O> {
     }
 }
 
-pub(crate) struct Pending {
-    pub(crate) name: Arc<str>,
-    pub(crate) port: Arc<dyn ErasedPort>,
-    bounded: bool,
+/// An entity the builder added, to start with the system (or, extending a running system, into
+/// it).
+pub(crate) struct NewAgent {
+    /// Its index among the system's entities.
+    pub(crate) index: usize,
     /// Whether it asked for a thread of its own (see [`EntityOptions::thread`]).
     pub(crate) own_thread: bool,
     pub(crate) agent: Box<dyn PendingAgent>,
 }
 
-/// A graph that passed the checks, ready to start.
+/// An edge out of an entity that is already running: its agent puts it in place between two
+/// messages, then sends on the sender given (or drops it, if it ends first). False if the entity
+/// refused it (it has ended).
+pub(crate) type Attach = Box<dyn FnOnce(Sender<()>) -> bool + Send>;
+
+/// The entities and edges of a system, as its builder and then the running system know them.
+#[derive(Default)]
+pub(crate) struct Graph {
+    pub(crate) ports: Vec<Arc<dyn ErasedPort>>,
+    /// The entities by name; one removed from the running system is no longer here.
+    pub(crate) names: HashMap<Arc<str>, usize>,
+    /// Whether each entity has bounded queues.
+    pub(crate) bounded: Vec<bool>,
+    /// Whether each entity was removed from the running system.
+    pub(crate) removed: Vec<bool>,
+    /// Every edge between entities (outputs are not among them); the edges of a removed entity
+    /// are dropped with it.
+    pub(crate) edges: Vec<EdgeSpec>,
+}
+
+impl Graph {
+    pub(crate) fn name(&self, index: usize) -> &str {
+        &self.ports[index].core().name
+    }
+
+    /// Forgets everything after the first `entities` entities and `edges` edges: what a
+    /// refused extension had added.
+    pub(crate) fn truncate(&mut self, entities: usize, edges: usize) {
+        self.ports.truncate(entities);
+        self.bounded.truncate(entities);
+        self.removed.truncate(entities);
+        self.edges.truncate(edges);
+        self.names.retain(|_, index| *index < entities);
+    }
+}
+
+/// A graph that went through the checks: ready to start if no problem was found.
 pub(crate) struct Checked {
     pub(crate) id: u64,
     pub(crate) runtime: Runtime,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) entities: Vec<Pending>,
-    pub(crate) names: HashMap<Arc<str>, usize>,
-    /// `(from, to)` of every edge between entities.
-    pub(crate) edges: Vec<(usize, usize)>,
+    pub(crate) graph: Graph,
+    pub(crate) agents: Vec<NewAgent>,
+    pub(crate) attach: Vec<Attach>,
+    pub(crate) problems: Vec<BuildProblem>,
 }
 
 pub(crate) struct EdgeSpec {
@@ -170,7 +215,7 @@ pub(crate) struct EdgeSpec {
     pub(crate) to: usize,
     /// The output port it is attached to, if not the whole output.
     port: Option<usize>,
-    kind: EdgeKind,
+    pub(crate) kind: EdgeKind,
     intended_loop: bool,
 }
 
@@ -220,18 +265,24 @@ pub(crate) struct EdgeSpec {
 pub struct SystemBuilder {
     id: u64,
     shared: Arc<Shared>,
-    entities: Vec<Pending>,
-    names: HashMap<Arc<str>, usize>,
-    edges: Vec<EdgeSpec>,
+    graph: Graph,
+    /// How many entities and edges the system had before this builder: none, unless it extends
+    /// a running system (see [`System::extend`](crate::System::extend)).
+    base: usize,
+    base_edges: usize,
+    /// Whether it extends a running system.
+    extending: bool,
+    /// The agents of the entities it added, the first of them that of entity `base`.
+    agents: Vec<NewAgent>,
+    attach: Vec<Attach>,
     problems: Vec<BuildProblem>,
     runtime: Option<Runtime>,
 }
 
 impl fmt::Debug for SystemBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SystemBuilder")
-            .field("entities", &self.entities.iter().map(|e| &e.name).collect::<Vec<_>>())
-            .finish_non_exhaustive()
+        let names: Vec<_> = (self.base..self.graph.ports.len()).map(|i| self.graph.name(i)).collect();
+        f.debug_struct("SystemBuilder").field("entities", &names).finish_non_exhaustive()
     }
 }
 
@@ -244,12 +295,25 @@ impl Default for SystemBuilder {
 impl SystemBuilder {
     /// An empty builder.
     pub fn new() -> Self {
+        SystemBuilder::extending(
+            NEXT_BUILDER.fetch_add(1, Ordering::Relaxed),
+            Arc::new(Shared::new()),
+            Graph::default(),
+        )
+    }
+
+    /// A builder that adds to the running system `id`, whose graph is `graph` (see
+    /// [`System::extend`](crate::System::extend)); with an empty graph, a new system's.
+    pub(crate) fn extending(id: u64, shared: Arc<Shared>, graph: Graph) -> Self {
         SystemBuilder {
-            id: NEXT_BUILDER.fetch_add(1, Ordering::Relaxed),
-            shared: Arc::new(Shared::new()),
-            entities: Vec::new(),
-            names: HashMap::new(),
-            edges: Vec::new(),
+            id,
+            shared,
+            base: graph.ports.len(),
+            base_edges: graph.edges.len(),
+            extending: !graph.ports.is_empty(),
+            graph,
+            agents: Vec::new(),
+            attach: Vec::new(),
             problems: Vec::new(),
             runtime: None,
         }
@@ -258,7 +322,8 @@ impl SystemBuilder {
     /// Chooses how the system runs its agents: a thread each ([`Runtime::Threads`]) or a pool
     /// of workers ([`Runtime::Pool`]). Without this, [`Runtime::from_env`] chooses: threads,
     /// unless `SOPHON_RUNTIME` says otherwise. Backends, edges, handles and reports are the same
-    /// in both.
+    /// in both. A running system keeps its runtime: extending one
+    /// ([`System::extend`](crate::System::extend)), this is refused.
     pub fn runtime(&mut self, runtime: Runtime) -> &mut Self {
         self.runtime = Some(runtime);
         self
@@ -425,11 +490,11 @@ impl SystemBuilder {
         options: EntityOptions,
     ) -> Node<I, O> {
         let name: Arc<str> = Arc::from(name);
-        let index = self.entities.len();
-        if self.names.contains_key(&name) {
+        let index = self.graph.ports.len();
+        if self.graph.names.contains_key(&name) {
             self.problems.push(BuildProblem::DuplicateName { name: name.to_string() });
         } else {
-            self.names.insert(name.clone(), index);
+            self.graph.names.insert(name.clone(), index);
         }
         if options.capacity == Some(0) {
             self.problems.push(BuildProblem::ZeroCapacity { name: name.to_string() });
@@ -443,7 +508,10 @@ impl SystemBuilder {
         let port = Arc::new(Port::new(core, options.capacity.map(|c| c.max(1))));
         let bounded = options.capacity.is_some();
         let agent = Agent::new(port.clone(), backend, supervisor, bounded);
-        self.entities.push(Pending { name, port, bounded, own_thread: options.thread, agent: Box::new(agent) });
+        self.graph.ports.push(port);
+        self.graph.bounded.push(bounded);
+        self.graph.removed.push(false);
+        self.agents.push(NewAgent { index, own_thread: options.thread, agent: Box::new(agent) });
         Node { builder: self.id, index, types: PhantomData }
     }
 
@@ -517,21 +585,23 @@ impl SystemBuilder {
         I2: From<T> + Send + 'static,
         O2: Send + 'static,
     {
-        if from.builder != self.id || to.builder != self.id {
-            self.problems.push(BuildProblem::ForeignNode);
+        if !self.usable(from) || !self.usable(to) {
             return self;
         }
-        let target = &self.entities[to.index];
-        let target_port =
-            target.port.clone().as_any().downcast::<Port<I2, O2>>().expect("a node's types are those of its entity");
+        let target_port = self.graph.ports[to.index]
+            .clone()
+            .as_any()
+            .downcast::<Port<I2, O2>>()
+            .expect("a node's types are those of its entity");
         let outlet: Box<dyn Outlet<T>> = match kind {
             EdgeKind::Read => Box::new(ReadOutlet::new(&target_port)),
             _ => Box::new(QueryOutlet::new(&target_port)),
         };
-        let sibling = Sibling::new(target.name.clone(), Some(target_port.core.id), kind, port, wrap(outlet));
-        self.agent_mut(from).ctx.add_sibling(sibling);
+        let core = &target_port.core;
+        let sibling = Sibling::new(core.name.clone(), Some(core.id), kind, port, wrap(outlet));
+        self.with_context(from, move |ctx| ctx.add_sibling(sibling));
         let port = port.map(|(index, _)| index);
-        self.edges.push(EdgeSpec { from: from.index, to: to.index, port, kind, intended_loop });
+        self.graph.edges.push(EdgeSpec { from: from.index, to: to.index, port, kind, intended_loop });
         self
     }
 
@@ -603,8 +673,8 @@ impl SystemBuilder {
         I2: From<T> + Send + 'static,
         O2: Send + 'static,
     {
-        if from.builder == self.id {
-            self.agent_mut(from).ctx.route_by(O::port);
+        if self.usable(from) {
+            self.with_context(from, |ctx| ctx.route_by(O::port));
         }
         let extract = port.extractor();
         let wrap = move |inner| -> Box<dyn Outlet<O>> { Box::new(PortOutlet { extract, inner }) };
@@ -668,9 +738,11 @@ impl SystemBuilder {
         tx: crossbeam_channel::Sender<O>,
     ) -> &mut Self {
         assert_eq!(from.builder, self.id, "the node comes from another builder");
-        let outlet = OutputOutlet::new(tx, self.shared.clone());
-        let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, None, Box::new(outlet));
-        self.agent_mut(from).ctx.add_sibling(sibling);
+        if self.usable(from) {
+            let outlet = OutputOutlet::new(tx, self.shared.clone());
+            let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, None, Box::new(outlet));
+            self.with_context(from, move |ctx| ctx.add_sibling(sibling));
+        }
         self
     }
 
@@ -713,71 +785,123 @@ impl SystemBuilder {
         T: Send + 'static,
     {
         assert_eq!(from.builder, self.id, "the node comes from another builder");
-        let inner = Box::new(OutputOutlet::new(tx, self.shared.clone()));
-        let outlet = PortOutlet { extract: port.extractor(), inner };
-        let port = Some((port.index(), port.name()));
-        let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, port, Box::new(outlet));
-        let ctx = &mut self.agent_mut(from).ctx;
-        ctx.route_by(O::port);
-        ctx.add_sibling(sibling);
+        if self.usable(from) {
+            let inner = Box::new(OutputOutlet::new(tx, self.shared.clone()));
+            let outlet = PortOutlet { extract: port.extractor(), inner };
+            let port = Some((port.index(), port.name()));
+            let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, port, Box::new(outlet));
+            self.with_context(from, move |ctx| {
+                ctx.route_by(O::port);
+                ctx.add_sibling(sibling);
+            });
+        }
         self
     }
 
-    fn agent_mut<I: Send + 'static, O: Send + 'static>(&mut self, node: &Node<I, O>) -> &mut Agent<I, O> {
-        self.entities[node.index]
-            .agent
-            .as_any_mut()
-            .downcast_mut::<Agent<I, O>>()
-            .expect("a node's types are those of its entity")
+    /// Whether edges can start or end at `node`: it comes from this builder (or the system it
+    /// extends) and was not removed. If not, the problem is noted for `spawn` or `extend`.
+    fn usable<I, O>(&mut self, node: &Node<I, O>) -> bool {
+        if node.builder != self.id || node.index >= self.graph.ports.len() {
+            self.problems.push(BuildProblem::ForeignNode);
+            return false;
+        }
+        if self.graph.removed[node.index] {
+            self.problems.push(BuildProblem::Removed { name: self.graph.name(node.index).to_string() });
+            return false;
+        }
+        true
     }
 
-    /// Checks the graph: every problem found, or the entities and edges to start (see
-    /// `spawn`, in `system.rs`, which is what a builder makes).
-    pub(crate) fn check(mut self) -> Result<Checked, BuildError> {
-        self.check_edges();
-        if !self.problems.is_empty() {
-            return Err(BuildError::new(self.problems));
+    /// Runs `f` on the context of `node`'s agent: at once for an entity this builder added; for
+    /// one already running, by its agent between two messages, once the extension is checked.
+    fn with_context<I, O>(&mut self, node: &Node<I, O>, f: impl FnOnce(&mut Context<O>) + Send + 'static)
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+    {
+        if let Some(new) = node.index.checked_sub(self.base) {
+            let agent = self.agents[new]
+                .agent
+                .as_any_mut()
+                .downcast_mut::<Agent<I, O>>()
+                .expect("a node's types are those of its entity");
+            f(&mut agent.ctx);
+            return;
         }
-        let edges = self.edges.iter().map(|e| (e.from, e.to)).collect();
+        let port = self.graph.ports[node.index]
+            .clone()
+            .as_any()
+            .downcast::<Port<I, O>>()
+            .expect("a node's types are those of its entity");
+        self.attach.push(Box::new(move |done: Sender<()>| {
+            if port.core.state() != EntityState::Running {
+                return false;
+            }
+            let visit: Visit<I, O> = Box::new(move |_, ctx| {
+                f(ctx);
+                let _ = done.send(());
+            });
+            port.enqueue(Envelope::Visit(Box::new(visit))).is_ok()
+        }));
+    }
+
+    /// Checks the graph, and hands it over with every problem found (see `spawn` and
+    /// `System::extend`, in `system.rs`).
+    pub(crate) fn check(mut self) -> Checked {
+        self.check_edges();
+        if self.extending && self.runtime.is_some() {
+            self.problems.push(BuildProblem::RuntimeOfRunningSystem);
+        }
         let runtime = self.runtime_choice();
-        Ok(Checked { id: self.id, runtime, shared: self.shared, entities: self.entities, names: self.names, edges })
+        Checked {
+            id: self.id,
+            runtime,
+            shared: self.shared,
+            graph: self.graph,
+            agents: self.agents,
+            attach: self.attach,
+            problems: self.problems,
+        }
     }
 
     fn check_edges(&mut self) {
-        let name = |i: usize| self.entities[i].name.to_string();
+        let graph = &self.graph;
+        let name = |i: usize| graph.name(i).to_string();
         // Two edges between the same entities deliver twice, unless they come from different
-        // ports.
+        // ports. The edges of a running system passed this check already.
         let mut seen: HashSet<(usize, usize, Option<usize>)> = HashSet::new();
-        for edge in &self.edges {
+        let mut pairs: HashSet<(usize, usize)> = HashSet::new();
+        for (i, edge) in graph.edges.iter().enumerate() {
             let clash = seen.contains(&(edge.from, edge.to, edge.port))
                 || match edge.port {
                     Some(_) => seen.contains(&(edge.from, edge.to, None)),
-                    None => seen.iter().any(|&(from, to, _)| (from, to) == (edge.from, edge.to)),
+                    None => pairs.contains(&(edge.from, edge.to)),
                 };
             seen.insert((edge.from, edge.to, edge.port));
-            if clash {
+            pairs.insert((edge.from, edge.to));
+            if clash && i >= self.base_edges {
                 self.problems.push(BuildProblem::DuplicateEdge { from: name(edge.from), to: name(edge.to) });
             }
         }
-        let queries: Vec<_> = self
+        let queries: Vec<_> = graph
             .edges
             .iter()
             .filter(|e| e.kind == EdgeKind::Query && !e.intended_loop)
             .map(|e| (e.from, e.to))
             .collect();
-        for cycle in sophon_graph::cycles(self.entities.len(), &queries) {
+        for cycle in sophon_graph::cycles(graph.ports.len(), &queries) {
             let cycle = cycle.into_iter().map(name).collect();
             self.problems.push(BuildProblem::QueryCycle { cycle });
         }
         // A loop through at least two bounded entities and no unbounded one can fill every
         // queue on it and wait forever; a bounded entity sending to itself gets an error instead.
-        let bounded: Vec<_> = self
+        let bounded: Vec<_> = graph
             .edges
             .iter()
-            .filter(|e| e.from != e.to && self.entities[e.from].bounded && self.entities[e.to].bounded)
+            .filter(|e| e.from != e.to && graph.bounded[e.from] && graph.bounded[e.to])
             .map(|e| (e.from, e.to))
             .collect();
-        for cycle in sophon_graph::cycles(self.entities.len(), &bounded) {
+        for cycle in sophon_graph::cycles(graph.ports.len(), &bounded) {
             let cycle = cycle.into_iter().map(name).collect();
             self.problems.push(BuildProblem::BoundedLoop { cycle });
         }

@@ -435,6 +435,12 @@ impl<O: Send + 'static> Context<O> {
         self.single = self.siblings.len() == 1 && self.siblings[0].port.is_none();
     }
 
+    /// Drops the edges to the entity `target` (it is being removed from the running system).
+    pub(crate) fn remove_siblings_to(&mut self, target: Uuid) {
+        self.siblings.retain(|s| s.id != Some(target));
+        self.single = self.siblings.len() == 1 && self.siblings[0].port.is_none();
+    }
+
     /// Routes outputs by port from now on: `port_of` tells the port of a value.
     pub(crate) fn route_by(&mut self, port_of: fn(&O) -> usize) {
         self.port_of = Some(port_of);

@@ -12,6 +12,7 @@ use crossbeam_utils::CachePadded;
 use uuid::Uuid;
 
 use crate::backend::{Backend, BoxBackend};
+use crate::context::Context;
 use crate::err::{Error, ErrorKind, SendError};
 use crate::pool::Task;
 use crate::reply::{AskError, Asker, Reply, ReplyErrorKind};
@@ -32,8 +33,9 @@ pub(crate) enum Envelope<I, O> {
     Visit(Box<Visit<I, O>>),
 }
 
-/// A function run on an entity's backend by its agent, between two messages.
-pub(crate) type Visit<I, O> = Box<dyn FnOnce(&mut BoxBackend<I, O>) + Send>;
+/// A function run by an entity's agent on its backend and its context, between two messages:
+/// `System::for_each`, and edges added or removed while the system runs.
+pub(crate) type Visit<I, O> = Box<dyn FnOnce(&mut BoxBackend<I, O>, &mut Context<O>) + Send>;
 
 pub(crate) struct SwapRequest<I, O> {
     pub(crate) backend: BoxBackend<I, O>,
@@ -422,6 +424,9 @@ pub(crate) trait ErasedPort: Send + Sync {
     fn drain(&self) -> u64;
     /// Sends `Nop` unless the entity has stopped or failed; false if its inbox is full.
     fn try_stop(&self) -> bool;
+    /// Asks the agent to drop its edges to the entity `target`, between two messages, and then
+    /// to send on (or drop) `done`; false if the entity has ended and will not.
+    fn detach(&self, target: Uuid, done: Sender<()>) -> bool;
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
@@ -440,6 +445,17 @@ impl<I: Send + 'static, O: Send + 'static> ErasedPort for Port<I, O> {
 
     fn try_stop(&self) -> bool {
         self.core.state() != EntityState::Running || self.inbox.offer(Envelope::Nop, &self.core).is_ok()
+    }
+
+    fn detach(&self, target: Uuid, done: Sender<()>) -> bool {
+        if self.core.state() != EntityState::Running {
+            return false;
+        }
+        let visit: Visit<I, O> = Box::new(move |_, ctx| {
+            ctx.remove_siblings_to(target);
+            let _ = done.send(());
+        });
+        self.enqueue(Envelope::Visit(Box::new(visit))).is_ok()
     }
 
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {

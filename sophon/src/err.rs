@@ -259,6 +259,15 @@ pub enum BuildProblem {
     },
     /// The operating system refused to start an agent's thread.
     Spawn(std::io::Error),
+    /// An edge was added to or from an entity removed from the running system
+    /// ([`System::remove`](crate::System::remove)).
+    Removed {
+        /// The entity.
+        name: String,
+    },
+    /// An extension of a running system ([`System::extend`](crate::System::extend)) chose a
+    /// runtime: a running system keeps its own.
+    RuntimeOfRunningSystem,
 }
 
 /// `a -> b -> a`, for a cycle given as `[a, b]`.
@@ -307,6 +316,13 @@ impl fmt::Display for BuildProblem {
                 write!(f, "entity `{name}`'s factory could not build its backend: {error}")
             }
             BuildProblem::Spawn(e) => write!(f, "cannot start an agent thread: {e}"),
+            BuildProblem::Removed { name } => write!(
+                f,
+                "entity `{name}` was removed from the system; add edges to entities that are in it"
+            ),
+            BuildProblem::RuntimeOfRunningSystem => f.write_str(
+                "a running system keeps its runtime; choose `runtime` or `pool` when building it, not when extending it"
+            ),
         }
     }
 }

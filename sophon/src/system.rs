@@ -1,6 +1,5 @@
 //! A running system: its agents, graceful shutdown in graph order, and the report it ends with.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,8 +10,8 @@ use crossbeam_channel::Receiver;
 use uuid::Uuid;
 
 use crate::backend::Backend;
-use crate::builder::{Checked, Node, SystemBuilder};
-use crate::entity::{EntityState, Envelope, ErasedPort, Handle, Port, Stats, Visit};
+use crate::builder::{Checked, Graph, NewAgent, Node, SystemBuilder};
+use crate::entity::{EntityState, Envelope, Handle, Port, Stats, Visit};
 use crate::err::{BuildError, BuildProblem};
 use crate::pool::{Pool, Runtime, Task, Workers};
 use crate::shared::{CLOSED, CLOSING, Failure, Shared};
@@ -102,9 +101,10 @@ pub struct Report {
 }
 
 impl Report {
-    /// The report of the entity called `name`.
+    /// The report of the entity called `name`: of the last one added under that name, if one
+    /// was [removed](System::remove) and its name given to another.
     pub fn entity(&self, name: &str) -> Option<&EntityReport> {
-        self.entities.iter().find(|e| e.name == name)
+        self.entities.iter().rfind(|e| e.name == name)
     }
 
     /// Messages that were queued but never handled, over all entities.
@@ -160,9 +160,7 @@ impl fmt::Display for Report {
 /// [`DEFAULT_SHUTDOWN_DEADLINE`].
 pub struct System {
     builder: u64,
-    ports: Vec<Arc<dyn ErasedPort>>,
-    names: HashMap<Arc<str>, usize>,
-    groups: Vec<StopGroup>,
+    graph: Graph,
     /// Each entity's thread; `None` once joined or given up on, if it never started, or if the
     /// pool runs it.
     threads: Vec<Option<JoinHandle<()>>>,
@@ -176,15 +174,19 @@ pub struct System {
 
 // Here rather than in `builder.rs`, so that the builder need not know the system it makes.
 impl SystemBuilder {
-    /// Checks the graph and starts one thread per entity, named `sophon:<name>`.
+    /// Checks the graph and starts it: one thread per entity, named `sophon:<name>`, or a pool
+    /// of workers (see [`runtime`](SystemBuilder::runtime)).
     ///
     /// Fails with every problem found: duplicate entity names, duplicate edges, nodes of another
     /// builder, cycles of query edges not declared with [`loop_edge`](SystemBuilder::loop_edge), loops
     /// of bounded entities, bounded queues of capacity 0, restart policies without a factory,
     /// and factories that failed.
     pub fn spawn(self) -> Result<System, BuildError> {
-        let Checked { id, runtime, shared, entities, names, edges } = self.check()?;
-        let ports: Vec<_> = entities.iter().map(|e| e.port.clone()).collect();
+        let Checked { id, runtime, shared, graph, agents, attach, problems } = self.check();
+        if !problems.is_empty() {
+            return Err(BuildError::new(problems));
+        }
+        debug_assert!(attach.is_empty(), "a new system has no running entity to attach edges to");
         let workers = match runtime {
             Runtime::Threads => None,
             Runtime::Pool { workers } => match Pool::start(workers) {
@@ -192,54 +194,11 @@ impl SystemBuilder {
                 Err(e) => return Err(BuildError::new(vec![BuildProblem::Spawn(e)])),
             },
         };
-        // Every pooled entity gets its task before any agent runs: a message sent to it from
-        // then on wakes it.
-        let pooled: Vec<Option<Arc<Task>>> = entities
-            .iter()
-            .map(|pending| {
-                let pool = &workers.as_ref()?.pool;
-                if pending.own_thread || pending.agent.blocking() {
-                    return None;
-                }
-                let task = Task::new(pool);
-                let _ = pending.port.core().task.set(task.clone());
-                Some(task)
-            })
-            .collect();
-        shared.agents_started(entities.len());
-        let mut threads = Vec::with_capacity(entities.len());
-        let mut failed = None;
-        for (pending, task) in entities.into_iter().zip(&pooled) {
-            if let Some(task) = task {
-                if failed.is_none() {
-                    task.start(pending.agent.into_runnable());
-                } else {
-                    pending.port.core().ended.store(true, Ordering::Release);
-                    shared.agent_ended();
-                }
-                threads.push(None);
-                continue;
-            }
-            let thread = match failed {
-                Some(_) => None,
-                None => {
-                    let agent = pending.agent;
-                    let thread = std::thread::Builder::new().name(format!("sophon:{}", pending.name));
-                    thread.spawn(move || agent.run()).map_err(|e| failed = Some(e)).ok()
-                }
-            };
-            if thread.is_none() {
-                // Never started: as good as ended, for the shutdown of those that did.
-                pending.port.core().ended.store(true, Ordering::Release);
-                shared.agent_ended();
-            }
-            threads.push(thread);
-        }
-        let pooled = pooled.iter().map(Option::is_some).collect();
-        let system = System::new(id, ports, names, &edges, threads, pooled, workers, shared);
-        match failed {
-            None => Ok(system),
-            Some(e) => {
+        let mut system =
+            System { builder: id, graph, threads: Vec::new(), pooled: Vec::new(), workers, shared, closed: false };
+        match system.start(agents) {
+            Ok(()) => Ok(system),
+            Err(e) => {
                 // Dropping the system stops and joins the agents that did start.
                 drop(system);
                 Err(BuildError::new(vec![BuildProblem::Spawn(e)]))
@@ -250,24 +209,55 @@ impl SystemBuilder {
 
 impl fmt::Debug for System {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("System").field("entities", &self.ports.len()).finish_non_exhaustive()
+        f.debug_struct("System").field("entities", &self.graph.ports.len()).finish_non_exhaustive()
     }
 }
 
 impl System {
-    #[allow(clippy::too_many_arguments, reason = "called once, by `spawn`, with what it has just made")]
-    pub(crate) fn new(
-        builder: u64,
-        ports: Vec<Arc<dyn ErasedPort>>,
-        names: HashMap<Arc<str>, usize>,
-        edges: &[(usize, usize)],
-        threads: Vec<Option<JoinHandle<()>>>,
-        pooled: Vec<bool>,
-        workers: Option<Workers>,
-        shared: Arc<Shared>,
-    ) -> Self {
-        let groups = stop_groups(ports.len(), edges);
-        System { builder, ports, names, groups, threads, pooled, workers, shared, closed: false }
+    /// Starts the agents of entities just added, each on its thread or in the pool. If a thread
+    /// cannot be started, the agents after it are not, and count as ended.
+    fn start(&mut self, agents: Vec<NewAgent>) -> std::io::Result<()> {
+        // Every pooled entity gets its task before any agent runs: a message sent to it from
+        // then on wakes it.
+        let tasks: Vec<Option<Arc<Task>>> = agents
+            .iter()
+            .map(|new| {
+                let pool = &self.workers.as_ref()?.pool;
+                if new.own_thread || new.agent.blocking() {
+                    return None;
+                }
+                let task = Task::new(pool);
+                let _ = self.graph.ports[new.index].core().task.set(task.clone());
+                Some(task)
+            })
+            .collect();
+        self.shared.agents_started(agents.len());
+        let mut failed = None;
+        for (new, task) in agents.into_iter().zip(tasks) {
+            debug_assert_eq!(new.index, self.threads.len());
+            let core = self.graph.ports[new.index].core();
+            self.pooled.push(task.is_some());
+            let thread = match (&failed, task) {
+                (None, Some(task)) => {
+                    task.start(new.agent.into_runnable());
+                    self.threads.push(None);
+                    continue;
+                }
+                (None, None) => {
+                    let agent = new.agent;
+                    let thread = std::thread::Builder::new().name(format!("sophon:{}", core.name));
+                    thread.spawn(move || agent.run()).map_err(|e| failed = Some(e)).ok()
+                }
+                (Some(_), _) => None,
+            };
+            if thread.is_none() {
+                // Never started: as good as ended, for the shutdown of those that did.
+                core.ended.store(true, Ordering::Release);
+                self.shared.agent_ended();
+            }
+            self.threads.push(thread);
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// How the system runs its agents.
@@ -291,12 +281,251 @@ impl System {
     /// A typed handle to the entity called `name`, for graphs built at run time; `None` if there
     /// is no such entity or its input and output types are not `I` and `O`.
     pub fn handle_by_name<I: Send + 'static, O: Send + 'static>(&self, name: &str) -> Option<Handle<I, O>> {
-        self.typed(*self.names.get(name)?)
+        self.typed(*self.graph.names.get(name)?)
+    }
+
+    /// The node of the entity called `name`, to add edges to or from it while the system runs
+    /// ([`extend`](Self::extend)); `None` if there is no such entity or its input and output
+    /// types are not `I` and `O`. A system declared with `agent_system!` has handles rather
+    /// than nodes: `system.node_by_name(system.model.name())`, say.
+    pub fn node_by_name<I: Send + 'static, O: Send + 'static>(&self, name: &str) -> Option<Node<I, O>> {
+        let index = *self.graph.names.get(name)?;
+        self.typed::<I, O>(index)?;
+        Some(Node::new(self.builder, index))
     }
 
     fn typed<I: Send + 'static, O: Send + 'static>(&self, index: usize) -> Option<Handle<I, O>> {
-        let port = self.ports[index].clone().as_any().downcast::<Port<I, O>>().ok()?;
+        let port = self.graph.ports[index].clone().as_any().downcast::<Port<I, O>>().ok()?;
         Some(Handle::new(&port))
+    }
+
+    /// Adds entities and edges to the running system: `f` adds them to a [`SystemBuilder`] that
+    /// knows the system's entities, as it would to a new system, and returns what the caller
+    /// needs of them (their [`Node`]s, for [`handle`](Self::handle)).
+    ///
+    /// The builder takes the nodes of the system's entities as well as its own, and edges in
+    /// either direction between them. The whole graph is checked as [`spawn`](SystemBuilder::spawn)
+    /// checks a new one: an edge that would close a cycle of query edges not declared with
+    /// [`loop_edge`](SystemBuilder::loop_edge), a name taken, or an edge to a removed entity
+    /// is refused with the same [`BuildError`], and then nothing is added. Otherwise the new
+    /// entities start (on the pool, or each on its thread, as the system runs) and each running
+    /// entity given a new edge puts it in place between two of its messages: what it sends
+    /// from then on goes along the edge too. `extend` returns once every such edge is in place
+    /// (an entity that is in a long handler delays it), so a message sent after it returns
+    /// takes the new edges. The system keeps its runtime: choosing one here is refused.
+    ///
+    /// # Panics
+    ///
+    /// If `f` panics, after the system is left as it was.
+    ///
+    /// # Examples
+    ///
+    /// A second counter joins a running one: from then on both get what `split` sends.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sophon::{Backend, BoxError, Context, SystemBuilder};
+    ///
+    /// struct Split;
+    /// impl Backend for Split {
+    ///     type Input = u32;
+    ///     type Output = u32;
+    ///     fn query(&mut self, n: u32, ctx: &mut Context<u32>) -> Result<(), BoxError> {
+    ///         Ok(ctx.send(n)?)
+    ///     }
+    /// }
+    ///
+    /// struct Tag(&'static str);
+    /// impl Backend for Tag {
+    ///     type Input = u32;
+    ///     type Output = String;
+    ///     fn query(&mut self, n: u32, ctx: &mut Context<String>) -> Result<(), BoxError> {
+    ///         Ok(ctx.send(format!("{} {n}", self.0))?)
+    ///     }
+    /// }
+    ///
+    /// let (tx, out) = sophon::crossbeam_channel::unbounded();
+    /// let mut builder = SystemBuilder::new();
+    /// let split = builder.entity("split", Split);
+    /// let a = builder.entity("a", Tag("a"));
+    /// builder.query_edge(&split, &a).output_to(&a, "out", tx.clone());
+    /// let mut system = builder.spawn()?;
+    /// system.handle(&split).query(1)?;
+    /// assert_eq!(out.recv()?, "a 1");
+    ///
+    /// let b = system.extend(|builder| {
+    ///     let b = builder.entity("b", Tag("b"));
+    ///     builder.query_edge(&split, &b).output_to(&b, "out", tx);
+    ///     b
+    /// })?;
+    /// system.handle(&split).query(2)?;
+    /// let mut got = vec![out.recv()?, out.recv()?];
+    /// got.sort();
+    /// assert_eq!(got, ["a 2", "b 2"]);
+    /// assert_eq!(system.handle(&b).name(), "b");
+    ///
+    /// // An echo of `split` that answers it would close a cycle of queries: refused, and
+    /// // nothing is added.
+    /// let refused = system.extend(|builder| {
+    ///     let echo = builder.entity("echo", Split);
+    ///     builder.query_edge(&split, &echo).query_edge(&echo, &split);
+    /// });
+    /// assert!(refused.unwrap_err().to_string().contains("form a cycle"));
+    /// assert_eq!(system.entity_names().collect::<Vec<_>>(), ["split", "a", "b"]);
+    /// assert!(system.shutdown(Duration::from_secs(5)).is_clean());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn extend<R>(&mut self, f: impl FnOnce(&mut SystemBuilder) -> R) -> Result<R, BuildError> {
+        let (entities, edges) = (self.graph.ports.len(), self.graph.edges.len());
+        let graph = std::mem::take(&mut self.graph);
+        let mut builder = SystemBuilder::extending(self.builder, self.shared.clone(), graph);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut builder)));
+        let Checked { mut graph, agents, attach, problems, .. } = builder.check();
+        let result = match result {
+            Ok(result) if problems.is_empty() => result,
+            refused => {
+                graph.truncate(entities, edges);
+                self.graph = graph;
+                match refused {
+                    Err(payload) => std::panic::resume_unwind(payload),
+                    Ok(_) => return Err(BuildError::new(problems)),
+                }
+            }
+        };
+        self.graph = graph;
+        if let Err(e) = self.start(agents) {
+            return Err(BuildError::new(vec![BuildProblem::Spawn(e)]));
+        }
+        // Each running entity with a new edge puts it in place between two messages.
+        let (done, put) = crossbeam_channel::unbounded();
+        for attach in attach {
+            attach(done.clone());
+        }
+        drop(done);
+        self.await_visits(&put, |_| {}, None);
+        Ok(result)
+    }
+
+    /// Removes the entity called `name` from the running system, and reports what it did.
+    ///
+    /// It stops in graph order, as at shutdown, and nothing sent to it is lost:
+    /// 1. every entity with an edge into it drops that edge, between two of its messages (what
+    ///    it sent before is queued already);
+    /// 2. it gets its `Nop` behind what is queued for it, handles all of that, runs its `nop`
+    ///    (whose sends go on along its edges) and ends;
+    /// 3. its thread is joined, its name is free for a new entity, and its edges are gone.
+    ///
+    /// Its handles refuse sends from then on ([`ErrorKind::Stopped`](crate::ErrorKind::Stopped),
+    /// with the body back). If it has not ended by `deadline` (a handler blocked on a terminal,
+    /// say), what is still queued is reported undelivered, and once it has not ended shortly
+    /// after, it is given up on (see [`shutdown`](Self::shutdown)). The shutdown report lists
+    /// it too, with its counters at the end. `None` if there is no entity called `name`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sophon::{Backend, BoxError, Context, SystemBuilder};
+    ///
+    /// struct Double;
+    /// impl Backend for Double {
+    ///     type Input = u32;
+    ///     type Output = u32;
+    ///     fn query(&mut self, n: u32, ctx: &mut Context<u32>) -> Result<(), BoxError> {
+    ///         Ok(ctx.send(n * 2)?)
+    ///     }
+    /// }
+    ///
+    /// let mut builder = SystemBuilder::new();
+    /// let first = builder.entity("first", Double);
+    /// let second = builder.entity("second", Double);
+    /// builder.query_edge(&first, &second);
+    /// let out = builder.output(&second, "out");
+    /// let mut system = builder.spawn()?;
+    /// for n in 0..100 {
+    ///     system.handle(&first).query(n)?;
+    /// }
+    /// // Everything `first` sent before it let go of `second` is handled.
+    /// let report = system.remove("second", Duration::from_secs(5)).unwrap();
+    /// assert_eq!(report.stats.handled, 100);
+    /// assert_eq!(out.try_iter().count(), 100);
+    /// assert!(system.handle(&second).query(1).is_err());
+    /// // `first` goes on without it.
+    /// system.handle(&first).query(1)?;
+    /// assert!(system.shutdown(Duration::from_secs(5)).is_clean());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn remove(&mut self, name: &str, deadline: Duration) -> Option<EntityReport> {
+        let index = *self.graph.names.get(name)?;
+        let now = Instant::now();
+        let until = now.checked_add(deadline).unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+        let port = self.graph.ports[index].clone();
+        let id = port.core().id;
+
+        // 1. Nothing new comes in along an edge.
+        let mut upstream: Vec<usize> =
+            self.graph.edges.iter().filter(|e| e.to == index && e.from != index).map(|e| e.from).collect();
+        upstream.sort_unstable();
+        upstream.dedup();
+        let (done, detached) = crossbeam_channel::unbounded();
+        for &from in &upstream {
+            self.graph.ports[from].detach(id, done.clone());
+        }
+        drop(done);
+        self.await_visits(&detached, |_| {}, Some(until));
+
+        // 2. It stops behind what is queued for it.
+        let ended = || port.core().ended.load(Ordering::Acquire);
+        let stop_by = |by: Instant| {
+            while !port.try_stop() && Instant::now() < by {
+                // A `Nop` that finds a full bounded inbox is tried again.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let wait = by.saturating_duration_since(Instant::now());
+            self.shared.wait_while(Some(wait), true, |_| !ended())
+        };
+        let mut joined = stop_by(until.max(Instant::now() + ORDER_GRACE));
+        if !joined {
+            port.drain();
+            joined = stop_by(Instant::now() + STRAGGLER_GRACE);
+        }
+        // 3. Its thread ends; its name and edges go.
+        if joined {
+            if let Some(thread) = self.threads[index].take() {
+                let _ = thread.join();
+            }
+        } else {
+            port.drain();
+        }
+        self.graph.names.remove(name);
+        self.graph.removed[index] = true;
+        self.graph.edges.retain(|e| e.from != index && e.to != index);
+        Some(self.entity_report(index, joined))
+    }
+
+    /// Waits until every visit whose `done` sender was cloned from the one of `rx` has run (or
+    /// been dropped), giving each answer to `each`; past `until`, stops waiting.
+    ///
+    /// An entity that ends drops the visits left in its queues when it drains them; one queued
+    /// just after that drain would wait forever, so entities that have ended are drained again
+    /// while waiting.
+    fn await_visits<T>(&self, rx: &Receiver<T>, mut each: impl FnMut(T), until: Option<Instant>) {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                Ok(answer) => each(answer),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if until.is_some_and(|until| Instant::now() >= until) {
+                        return;
+                    }
+                    for port in &self.graph.ports {
+                        if port.core().ended.load(Ordering::Acquire) {
+                            port.drain();
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Runs `f` on the backend of every running entity whose backend is a `B`, and returns each
@@ -365,14 +594,14 @@ impl System {
         type Answer<R> = (usize, Option<std::thread::Result<R>>);
         let f = Arc::new(f);
         let (tx, rx) = crossbeam_channel::unbounded::<Answer<R>>();
-        let mut handles: Vec<Option<Handle<B::Input, B::Output>>> = vec![None; self.ports.len()];
-        for (index, port) in self.ports.iter().enumerate() {
+        let mut handles: Vec<Option<Handle<B::Input, B::Output>>> = vec![None; self.graph.ports.len()];
+        for (index, port) in self.graph.ports.iter().enumerate() {
             let Ok(port) = port.clone().as_any().downcast::<Port<B::Input, B::Output>>() else { continue };
             if port.core.state() != EntityState::Running {
                 continue;
             }
             let (f, tx) = (f.clone(), tx.clone());
-            let visit: Visit<B::Input, B::Output> = Box::new(move |backend| {
+            let visit: Visit<B::Input, B::Output> = Box::new(move |backend, _| {
                 let any: &mut dyn std::any::Any = backend.as_mut();
                 let result =
                     any.downcast_mut::<B>().map(|b| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(b))));
@@ -384,26 +613,27 @@ impl System {
         }
         drop(tx);
         // Every visit answers, or is dropped (its entity ended) with its sender.
-        let mut results: Vec<Option<R>> = (0..self.ports.len()).map(|_| None).collect();
+        let mut results: Vec<Option<R>> = (0..self.graph.ports.len()).map(|_| None).collect();
         let mut panic = None;
-        for (index, answer) in rx {
-            match answer {
-                Some(Ok(result)) => results[index] = Some(result),
-                Some(Err(payload)) => {
-                    panic.get_or_insert(payload);
-                }
-                None => {}
+        let each = |(index, answer): Answer<R>| match answer {
+            Some(Ok(result)) => results[index] = Some(result),
+            Some(Err(payload)) => {
+                panic.get_or_insert(payload);
             }
-        }
+            None => {}
+        };
+        self.await_visits(&rx, each, None);
         if let Some(payload) = panic {
             std::panic::resume_unwind(payload);
         }
         handles.into_iter().zip(results).filter_map(|(handle, result)| Some((handle?, result?))).collect()
     }
 
-    /// The names of the entities, in the order they were added.
-    pub fn entity_names(&self) -> impl ExactSizeIterator<Item = &str> {
-        self.ports.iter().map(|p| &*p.core().name)
+    /// The names of the entities, in the order they were added; those
+    /// [removed](Self::remove) are left out.
+    pub fn entity_names(&self) -> impl Iterator<Item = &str> {
+        let graph = &self.graph;
+        graph.ports.iter().zip(&graph.removed).filter(|(_, removed)| !**removed).map(|(p, _)| &*p.core().name)
     }
 
     /// A receiver of every handler error and panic as it happens. Failures taken from it are
@@ -528,16 +758,16 @@ impl System {
         // From here on the agents stop: handles' sends are refused, so that each agent's `Nop`
         // finds room in its queue and nothing new comes in behind it.
         self.shared.intake.store(CLOSING, Ordering::SeqCst);
-        let mut stopped = vec![false; self.ports.len()];
+        let mut stopped = vec![false; self.graph.ports.len()];
         let ended = self.stop_in_order(&mut stopped, until, until.max(Instant::now() + ORDER_GRACE));
         if !ended {
             timed_out = true;
             self.expire();
             self.stop_stragglers(&mut stopped, Instant::now() + STRAGGLER_GRACE);
         }
-        let mut joined = vec![true; self.ports.len()];
+        let mut joined = vec![true; self.graph.ports.len()];
         for (((port, thread), joined), &pooled) in
-            self.ports.iter().zip(&mut self.threads).zip(&mut joined).zip(&self.pooled)
+            self.graph.ports.iter().zip(&mut self.threads).zip(&mut joined).zip(&self.pooled)
         {
             if pooled && !port.core().ended.load(Ordering::Acquire) {
                 // Given up on: its worker may be held forever, and the report says so.
@@ -570,7 +800,7 @@ impl System {
         self.shared.intake.store(CLOSED, Ordering::SeqCst);
         let give_up = Instant::now() + CLOSE_GRACE;
         loop {
-            for port in &self.ports {
+            for port in &self.graph.ports {
                 port.drain();
             }
             if given_up || self.quiescent() || Instant::now() >= give_up {
@@ -586,7 +816,7 @@ impl System {
     fn wait_until_idle(&self, until: Instant) -> bool {
         let mut pause = Duration::from_micros(20);
         loop {
-            for port in &self.ports {
+            for port in &self.graph.ports {
                 if port.core().state() != EntityState::Running {
                     port.drain();
                 }
@@ -606,7 +836,7 @@ impl System {
     /// Past the deadline: sends that wait for room give up, and what is queued is undelivered.
     fn expire(&self) {
         self.shared.expired.store(true, Ordering::SeqCst);
-        for port in &self.ports {
+        for port in &self.graph.ports {
             port.drain();
         }
     }
@@ -615,16 +845,18 @@ impl System {
     /// [`shutdown`](Self::shutdown)). Returns whether every agent ended by `stop_by`; once
     /// `deadline` passes, waits for room give up.
     fn stop_in_order(&self, stopped: &mut [bool], deadline: Instant, stop_by: Instant) -> bool {
-        let ended = |m: &usize| self.ports[*m].core().ended.load(Ordering::Acquire);
+        let ended = |m: &usize| self.graph.ports[*m].core().ended.load(Ordering::Acquire);
         // Groups whose members have all ended, and those left to look at: each pass looks at
         // the groups still running only, so that a million independent entities stop in time
         // linear in their number.
-        let mut done = vec![false; self.groups.len()];
-        let mut left: Vec<usize> = (0..self.groups.len()).collect();
+        let edges: Vec<_> = self.graph.edges.iter().map(|e| (e.from, e.to)).collect();
+        let groups = stop_groups(self.graph.ports.len(), &edges);
+        let mut done = vec![false; groups.len()];
+        let mut left: Vec<usize> = (0..groups.len()).collect();
         loop {
             let live = self.shared.signal().live_agents;
             left.retain(|&g| {
-                done[g] = self.groups[g].members.iter().all(ended);
+                done[g] = groups[g].members.iter().all(ended);
                 !done[g]
             });
             if left.is_empty() {
@@ -633,11 +865,11 @@ impl System {
             let mut pending = false;
             let mut all_sent = true;
             for &g in &left {
-                let group = &self.groups[g];
+                let group = &groups[g];
                 if group.upstream.iter().all(|&u| done[u]) {
                     for &m in &group.members {
                         // A `Nop` that finds a full bounded inbox is tried again on the next pass.
-                        stopped[m] = stopped[m] || self.ports[m].try_stop();
+                        stopped[m] = stopped[m] || self.graph.ports[m].try_stop();
                         pending |= !stopped[m];
                     }
                 } else {
@@ -672,7 +904,7 @@ impl System {
         loop {
             let live = self.shared.signal().live_agents;
             let mut pending = false;
-            for (port, stopped) in self.ports.iter().zip(&mut *stopped) {
+            for (port, stopped) in self.graph.ports.iter().zip(&mut *stopped) {
                 *stopped = *stopped || port.try_stop();
                 pending |= !*stopped;
             }
@@ -696,7 +928,7 @@ impl System {
     /// new work after such a moment.
     fn quiescent(&self) -> bool {
         let mut done = 0u64;
-        for port in &self.ports {
+        for port in &self.graph.ports {
             let c = &port.core().counters;
             done += c.handled.load(Ordering::SeqCst)
                 + c.dropped.load(Ordering::SeqCst)
@@ -705,30 +937,28 @@ impl System {
                 + c.activations_done.load(Ordering::SeqCst);
         }
         let mut sent = self.shared.external.load(Ordering::SeqCst);
-        for port in &self.ports {
+        for port in &self.graph.ports {
             let c = &port.core().counters;
             sent += c.sent.load(Ordering::SeqCst) + c.activations.load(Ordering::SeqCst);
         }
         done == sent
     }
 
+    fn entity_report(&self, index: usize, joined: bool) -> EntityReport {
+        let port = &self.graph.ports[index];
+        let core = port.core();
+        EntityReport {
+            name: core.name.to_string(),
+            id: core.id,
+            state: core.state(),
+            stats: port.stats(),
+            panic: core.panic.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            joined,
+        }
+    }
+
     fn report(&self, timed_out: bool, joined: &[bool]) -> Report {
-        let entities = self
-            .ports
-            .iter()
-            .zip(joined)
-            .map(|(port, &joined)| {
-                let core = port.core();
-                EntityReport {
-                    name: core.name.to_string(),
-                    id: core.id,
-                    state: core.state(),
-                    stats: port.stats(),
-                    panic: core.panic.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-                    joined,
-                }
-            })
-            .collect();
+        let entities = joined.iter().enumerate().map(|(index, &joined)| self.entity_report(index, joined)).collect();
         Report {
             entities,
             failures: self.shared.failures_rx.try_iter().collect(),

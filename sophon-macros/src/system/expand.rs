@@ -360,7 +360,7 @@ pub(super) fn expand(graph: &Graph<'_>, options: &[Options], runtime: Option<&To
     quote! {{
         /// A running system declared with `agent_system!`: a handle per entity and a receiver
         /// per output, by the names declared, and the [`System`](::sophon::System) itself
-        /// through `Deref`.
+        /// through `Deref` and `DerefMut`.
         #[derive(Debug)]
         #[allow(dead_code, reason = "a system need not use every handle")]
         struct AgentSystem<#(#params),*> {
@@ -378,6 +378,12 @@ pub(super) fn expand(graph: &Graph<'_>, options: &[Options], runtime: Option<&To
 
             fn deref(&self) -> &::sophon::System {
                 &self.#system
+            }
+        }
+
+        impl<#(#params),*> ::core::ops::DerefMut for AgentSystem<#(#params),*> {
+            fn deref_mut(&mut self) -> &mut ::sophon::System {
+                &mut self.#system
             }
         }
 
@@ -427,7 +433,7 @@ pub(super) fn expand_named(
     };
     let methods = system_methods(&vis_tokens);
     let construct = construct(&built, &quote!(#name), false);
-    let spawn_doc = "Builds the system and starts its agents, one thread each; fails as \
+    let spawn_doc = "Builds the system and starts its agents; fails as \
                      [`SystemBuilder::spawn`](::sophon::SystemBuilder::spawn) does.";
     quote! {
         #struct_docs
@@ -453,6 +459,12 @@ pub(super) fn expand_named(
 
             fn deref(&self) -> &::sophon::System {
                 &self.#system
+            }
+        }
+
+        impl ::core::ops::DerefMut for #name {
+            fn deref_mut(&mut self) -> &mut ::sophon::System {
+                &mut self.#system
             }
         }
     }
