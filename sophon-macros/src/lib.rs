@@ -158,6 +158,9 @@ pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
 /// pub struct Name(a: A, b: B);     the same, whose `Name::spawn(a, b)` takes what entities need
 /// name = expr;                     an entity running the backend `expr`; its type is inferred
 /// name: Type = expr;               the same, with the backend's type written out
+/// name[n] = |i| expr;              a group of `n` entities (any `usize` expression), named
+///                                  `name[0]`, `name[1]`, ..., member `i` running `expr`; its
+///                                  field is a `Vec` of handles, and options apply to each
 /// #[bounded(16)] name = expr;      an entity option: queues of at most 16 messages each
 /// #[thread] name = expr;           a thread of its own in a pool, for a backend that blocks
 /// #[restart(max = 5, within = 10s)]
@@ -169,12 +172,15 @@ pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
 /// a -> [b, c, d];                  fan-out: one edge to each target (also with `~>`)
 /// loop a -> b;                     a query edge that closes an intended loop (a conversation)
 /// a -> output(answers);            everything `a` sends, on a channel field `answers`
+/// a -> group; group -> b;          an edge to a group reaches every member; one from it
+///                                  leaves every member (group to group: every pair)
 /// /// Text.                        a doc comment, on any line: documents the entity's field
 /// #[cfg(feature = "x")]            on any line: an entity, and its edges, exist when it holds
 /// ```
 ///
 /// An edge `a -> b` needs `b`'s input to implement `From<a's output>`. Several entities may feed
-/// one output. An edge exists when its own `#[cfg]`s and those of both its entities hold; the
+/// one output. The checks below see a group as one entity: `loop` marks an edge from a group to
+/// itself, since each member then sends to itself. An edge exists when its own `#[cfg]`s and those of both its entities hold; the
 /// compile-time checks below look at the graph with every `#[cfg]` holding.
 ///
 /// # Checked at compile time
@@ -185,8 +191,9 @@ pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
 /// declared `loop` (each edge of it is marked, naming the whole cycle), `loop` on a read edge, a
 /// loop of edges whose entities are all `#[bounded]` (which could deadlock), an unknown entity
 /// option or a malformed option value, an output named like an entity, an edge whose types do
-/// not fit (reported by rustc, at the edge's target), and a `#[restart]` entity given a backend
-/// rather than a factory (reported by rustc, at the expression).
+/// not fit (reported by rustc, at the edge's target), a `#[restart]` entity given a backend
+/// rather than a factory and a group given a backend rather than a closure from the member's
+/// index (both reported by rustc, at the expression).
 ///
 /// # Examples
 ///
@@ -280,6 +287,39 @@ pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
 /// converter.scale.query(1.0)?;
 /// assert_eq!(converter.scaled.recv()?, 1.609344);
 /// assert!(converter.shutdown(Duration::from_secs(5)).is_clean());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// A group sized at run time, fed by one edge:
+///
+/// ```
+/// use std::time::Duration;
+/// use sophon::{agent_system, backend};
+///
+/// struct Shard(usize);
+///
+/// #[backend]
+/// impl Shard {
+///     fn query(&mut self, key: u64) -> Option<usize> {
+///         (key as usize % 4 == self.0).then_some(self.0)
+///     }
+/// }
+///
+/// let shards = 4;
+/// let system = agent_system! {
+///     #![pool(2)]
+///     shard[shards] = |i| Shard(i);
+///     shard -> output(owners);
+/// }?;
+/// assert_eq!(system.shard.len(), 4);
+/// assert_eq!(system.shard[1].name(), "shard[1]");
+/// for handle in &system.shard {
+///     handle.query(6)?;
+/// }
+/// // Only the owner of key 6 answers (`None` sends nothing).
+/// let owners = system.owners.clone();
+/// assert!(system.shutdown(Duration::from_secs(5)).is_clean());
+/// assert_eq!(owners.try_iter().collect::<Vec<_>>(), [2]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///

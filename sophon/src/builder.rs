@@ -124,6 +124,11 @@ impl EntityOptions {
     }
 }
 
+/// The name of member `i` of the group `group`: `workers[3]`.
+pub(crate) fn member_name(group: &str, i: usize) -> String {
+    format!("{group}[{i}]")
+}
+
 /// What the builder keeps of an entity until it is spawned.
 pub(crate) trait PendingAgent: Send {
     fn as_any_mut(&mut self) -> &mut dyn Any;
@@ -393,6 +398,61 @@ impl SystemBuilder {
         options: EntityOptions,
     ) -> Node<B::Input, B::Output> {
         self.boxed_entity(name, backend.into_boxed(), options)
+    }
+
+    /// Adds a group of `size` entities of one kind, named `name[0]`, `name[1]`, ..., the backend
+    /// of member `i` made by `member(i)`; returns their nodes, in order. A graph whose size is
+    /// known only at run time (a worker per core, a fan-out of `n`) is declared this way, and in
+    /// `agent_system!` as `workers[n] = |i| Worker::new(i);`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sophon::{Backend, BoxError, Context, SystemBuilder};
+    ///
+    /// struct Scale(u32);
+    /// impl Backend for Scale {
+    ///     type Input = u32;
+    ///     type Output = u32;
+    ///     fn query(&mut self, n: u32, ctx: &mut Context<u32>) -> Result<(), BoxError> {
+    ///         Ok(ctx.send(n * self.0)?)
+    ///     }
+    /// }
+    ///
+    /// let mut builder = SystemBuilder::new();
+    /// let scales = builder.group("scale", 3, |i| Scale(i as u32 + 1));
+    /// let (tx, out) = sophon::crossbeam_channel::unbounded();
+    /// for node in &scales {
+    ///     builder.output_to(node, "out", tx.clone());
+    /// }
+    /// let system = builder.spawn()?;
+    /// assert_eq!(system.entity_names().collect::<Vec<_>>(), ["scale[0]", "scale[1]", "scale[2]"]);
+    /// for node in &scales {
+    ///     system.handle(node).query(10)?;
+    /// }
+    /// let mut got: Vec<u32> = out.iter().take(3).collect();
+    /// got.sort();
+    /// assert_eq!(got, [10, 20, 30]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn group<B: IntoBackend>(
+        &mut self,
+        name: &str,
+        size: usize,
+        member: impl FnMut(usize) -> B,
+    ) -> Vec<Node<B::Input, B::Output>> {
+        self.group_with(name, size, member, EntityOptions::new())
+    }
+
+    /// Adds a group of entities of one kind, each with `options` (see [`group`](Self::group)).
+    pub fn group_with<B: IntoBackend>(
+        &mut self,
+        name: &str,
+        size: usize,
+        mut member: impl FnMut(usize) -> B,
+        options: EntityOptions,
+    ) -> Vec<Node<B::Input, B::Output>> {
+        (0..size).map(|i| self.entity_with(&member_name(name, i), member(i), options)).collect()
     }
 
     /// Adds an entity running a backend that is already boxed.

@@ -4,8 +4,10 @@ use std::marker::PhantomData;
 
 use crate::backend::IntoBackend;
 use crate::builder::{EntityOptions, Node, SystemBuilder};
+use crate::entity::Handle;
 use crate::ports::{OutPort, Ports};
 use crate::restart::FactoryOutput;
+use crate::system::System;
 
 /// `Self` can be made from an edge's output `O`: what an edge `a -> b` needs of `b`'s input.
 /// A trait of its own, rather than `From` directly, so that a mismatch reads as a problem with
@@ -30,19 +32,147 @@ pub enum EdgeKind {
     Loop,
 }
 
-/// Adds an edge, checking that its types fit with [`Fits`].
-pub fn edge<I, O, I2, O2>(builder: &mut SystemBuilder, kind: EdgeKind, from: &Node<I, O>, to: &Node<I2, O2>)
+/// What a name declared in `agent_system!` stands for: one entity's node, or a group's nodes.
+/// An edge from or to a group is an edge from or to each of its members.
+pub trait Nodes {
+    /// The entities' input.
+    type Input: Send + 'static;
+    /// The entities' output.
+    type Output: Send + 'static;
+    /// The system's field for it: a handle, or a group's handles.
+    type Handles;
+    /// Every node it stands for.
+    fn nodes(&self) -> &[Node<Self::Input, Self::Output>];
+    /// The field's value, from the spawned system.
+    fn handles(&self, system: &System) -> Self::Handles;
+}
+
+impl<I: Send + 'static, O: Send + 'static> Nodes for Node<I, O> {
+    type Input = I;
+    type Output = O;
+    type Handles = Handle<I, O>;
+
+    fn nodes(&self) -> &[Node<I, O>] {
+        std::slice::from_ref(self)
+    }
+
+    fn handles(&self, system: &System) -> Handle<I, O> {
+        system.handle(self)
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Nodes for Vec<Node<I, O>> {
+    type Input = I;
+    type Output = O;
+    type Handles = Vec<Handle<I, O>>;
+
+    fn nodes(&self) -> &[Node<I, O>] {
+        self
+    }
+
+    fn handles(&self, system: &System) -> Vec<Handle<I, O>> {
+        self.iter().map(|node| system.handle(node)).collect()
+    }
+}
+
+/// Adds an edge from each of `from`'s nodes to each of `to`'s, checking that their types fit
+/// with [`Fits`].
+pub fn edge<F: Nodes, T: Nodes>(builder: &mut SystemBuilder, kind: EdgeKind, from: &F, to: &T)
 where
-    I: Send + 'static,
-    O: Send + 'static,
-    I2: Fits<O> + Send + 'static,
-    O2: Send + 'static,
+    T::Input: Fits<F::Output>,
 {
-    match kind {
-        EdgeKind::Query => builder.query_edge(from, to),
-        EdgeKind::Read => builder.read_edge(from, to),
-        EdgeKind::Loop => builder.loop_edge(from, to),
-    };
+    for from in from.nodes() {
+        for to in to.nodes() {
+            match kind {
+                EdgeKind::Query => builder.query_edge(from, to),
+                EdgeKind::Read => builder.read_edge(from, to),
+                EdgeKind::Loop => builder.loop_edge(from, to),
+            };
+        }
+    }
+}
+
+/// Adds an output fed by each of `from`'s nodes.
+pub fn output_to<F: Nodes>(
+    builder: &mut SystemBuilder,
+    from: &F,
+    name: &str,
+    tx: &crossbeam_channel::Sender<F::Output>,
+) {
+    for from in from.nodes() {
+        builder.output_to(from, name, tx.clone());
+    }
+}
+
+/// What a group is declared with: a closure from each member's index to its backend. A trait of
+/// its own, so that a backend given instead reads as that mistake.
+#[diagnostic::on_unimplemented(
+    message = "a group is declared with a closure from each member's index to its backend, not with `{Self}`",
+    label = "expected a closure `|i| ...` that builds member `i`'s backend",
+    note = "write `|i| ...` before the expression: it is called once per member, with indices 0, 1, .."
+)]
+pub trait Members {
+    /// The members' backend.
+    type Backend: IntoBackend;
+    /// Member `i`'s backend.
+    fn member(&mut self, i: usize) -> Self::Backend;
+}
+
+impl<B: IntoBackend, F: FnMut(usize) -> B> Members for F {
+    type Backend = B;
+
+    fn member(&mut self, i: usize) -> B {
+        self(i)
+    }
+}
+
+/// Adds a group (see [`SystemBuilder::group_with`]), naming the backend's type when the
+/// declaration does (`workers[n]: Worker = |i| Worker::new(i)`).
+pub fn group<B, F>(
+    builder: &mut SystemBuilder,
+    name: &str,
+    size: usize,
+    mut members: F,
+    options: EntityOptions,
+) -> Vec<Node<B::Input, B::Output>>
+where
+    B: IntoBackend,
+    F: Members<Backend = B>,
+{
+    builder.group_with(name, size, |i| members.member(i), options)
+}
+
+/// What a restarted group is declared with: a closure from each member's index to a factory's
+/// output, cloned for each member.
+#[diagnostic::on_unimplemented(
+    message = "a restarted group is declared with a closure from each member's index to its backend, not with `{Self}`",
+    label = "expected a closure `|i| ...` that builds member `i`'s backend, again after each panic",
+    note = "write `|i| ...` before the expression; it must be `Clone` and `Send`, as each member keeps a copy to restart with"
+)]
+pub trait GroupFactory<R>: Fn(usize) -> R + Clone + Send + 'static {}
+
+impl<R, F: Fn(usize) -> R + Clone + Send + 'static> GroupFactory<R> for F {}
+
+/// Adds a group whose members are restarted, each with its own copy of `factory` given its
+/// index.
+pub fn supervised_group<B, F, R>(
+    builder: &mut SystemBuilder,
+    name: &str,
+    size: usize,
+    factory: F,
+    options: EntityOptions,
+) -> Vec<Node<B::Input, B::Output>>
+where
+    B: IntoBackend,
+    F: GroupFactory<R>,
+    R: FactoryOutput<Backend = B>,
+{
+    (0..size)
+        .map(|i| {
+            let factory = factory.clone();
+            builder.supervised(&crate::builder::member_name(name, i), move || factory(i), options)
+        })
+        .collect()
 }
 
 /// Adds an entity with a restart factory, naming the backend's type when the declaration does
@@ -151,44 +281,51 @@ impl<S> Wiring<S> {
     }
 }
 
-/// Adds an edge from one port of `from`, named by `pick`, checking that its types fit; gives
-/// the port's marker back for the wiring check.
-pub fn port_edge<I, O, T, M, I2, O2>(
+/// Adds an edge from one port of each of `from`'s nodes, named by `pick`, to each of `to`'s,
+/// checking that its types fit; gives the port's marker back for the wiring check.
+pub fn port_edge<F, P, T, M>(
     builder: &mut SystemBuilder,
     kind: EdgeKind,
-    from: &Node<I, O>,
-    pick: impl FnOnce(O::Map) -> OutPort<O, T, M>,
-    to: &Node<I2, O2>,
+    from: &F,
+    pick: impl Fn(<F::Output as Ports>::Map) -> OutPort<F::Output, T, M>,
+    to: &P,
 ) -> PhantomData<M>
 where
-    I: Send + 'static,
-    O: Ports,
+    F: Nodes,
+    F::Output: Ports,
     T: Send + 'static,
-    I2: Fits<T> + Send + 'static,
-    O2: Send + 'static,
+    P: Nodes,
+    P::Input: Fits<T>,
 {
-    let port = pick(O::ports());
-    match kind {
-        EdgeKind::Query => builder.port_query_edge(from, port, to),
-        EdgeKind::Read => builder.port_read_edge(from, port, to),
-        EdgeKind::Loop => builder.port_loop_edge(from, port, to),
-    };
+    for from in from.nodes() {
+        for to in to.nodes() {
+            let port = pick(<F::Output as Ports>::ports());
+            match kind {
+                EdgeKind::Query => builder.port_query_edge(from, port, to),
+                EdgeKind::Read => builder.port_read_edge(from, port, to),
+                EdgeKind::Loop => builder.port_loop_edge(from, port, to),
+            };
+        }
+    }
     PhantomData
 }
 
-/// Adds an output fed by one port of `from`, named by `pick`; gives the port's marker back.
-pub fn port_output_to<I, O, T, M>(
+/// Adds an output fed by one port of each of `from`'s nodes, named by `pick`; gives the port's
+/// marker back.
+pub fn port_output_to<F, T, M>(
     builder: &mut SystemBuilder,
-    from: &Node<I, O>,
-    pick: impl FnOnce(O::Map) -> OutPort<O, T, M>,
+    from: &F,
+    pick: impl Fn(<F::Output as Ports>::Map) -> OutPort<F::Output, T, M>,
     name: &str,
-    tx: crossbeam_channel::Sender<T>,
+    tx: &crossbeam_channel::Sender<T>,
 ) -> PhantomData<M>
 where
-    I: Send + 'static,
-    O: Ports,
+    F: Nodes,
+    F::Output: Ports,
     T: Send + 'static,
 {
-    builder.port_output_to(from, pick(O::ports()), name, tx);
+    for from in from.nodes() {
+        builder.port_output_to(from, pick(<F::Output as Ports>::ports()), name, tx.clone());
+    }
     PhantomData
 }

@@ -222,3 +222,109 @@ fn a_restart_option_rebuilds_the_backend_with_its_factory() -> Result<(), Box<dy
     assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 4);
     Ok(())
 }
+
+/// Member `i` of a group: answers `n` with `(i, n)`.
+struct Member(usize);
+
+#[backend]
+impl Member {
+    fn query(&mut self, n: u64) -> (usize, u64) {
+        (self.0, n)
+    }
+}
+
+#[test]
+fn a_group_sized_at_run_time_is_reached_by_one_edge() -> Result<(), Box<dyn std::error::Error>> {
+    let n = 4;
+    let system = agent_system! {
+        split = Pass;
+        /// The workers.
+        #[bounded(64)]
+        workers[n] = |i| Member(i);
+        stage[2]: Pass = |_| Pass;
+        sink = Pass;
+        split -> workers;
+        workers -> output(answers);
+        split -> stage;
+        stage -> sink;
+        sink -> output(sunk);
+    }?;
+    assert_eq!(system.workers.len(), 4);
+    let names: Vec<&str> = system.entity_names().collect();
+    assert_eq!(
+        names,
+        ["split", "workers[0]", "workers[1]", "workers[2]", "workers[3]", "stage[0]", "stage[1]", "sink"]
+    );
+    assert_eq!(system.workers[2].name(), "workers[2]");
+
+    // An edge to a group reaches every member; one from it, every member's answers.
+    system.split.query(7)?;
+    let mut got: Vec<(usize, u64)> = system.answers.iter().take(4).collect();
+    got.sort();
+    assert_eq!(got, [(0, 7), (1, 7), (2, 7), (3, 7)]);
+    assert_eq!(system.sunk.iter().take(2).collect::<Vec<_>>(), [7, 7]);
+    // Each member has its handle.
+    system.workers[3].query(9)?;
+    assert_eq!(system.answers.recv_timeout(DEADLINE)?, (3, 9));
+    let report = system.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.entity("workers[3]").unwrap().stats.handled, 2);
+    Ok(())
+}
+
+sophon::agent_system! {
+    /// A farm of `n` workers fed by one splitter.
+    struct Farm(n: usize);
+    split: Pass = Pass;
+    workers[n]: Member = move |i| Member(i * 10);
+    split -> workers;
+    workers -> output(answers);
+}
+
+#[test]
+fn a_named_system_sizes_its_group_from_a_parameter() -> Result<(), Box<dyn std::error::Error>> {
+    for n in [0, 1, 16] {
+        let farm = Farm::spawn(n)?;
+        let workers: &Vec<sophon::Handle<u64, (usize, u64)>> = &farm.workers;
+        assert_eq!(workers.len(), n);
+        farm.split.query(1)?;
+        let mut got: Vec<(usize, u64)> = farm.answers.iter().take(n).collect();
+        got.sort();
+        assert_eq!(got, (0..n).map(|i| (i * 10, 1)).collect::<Vec<_>>());
+        assert!(farm.shutdown(DEADLINE).is_clean());
+    }
+    Ok(())
+}
+
+/// Panics on 13.
+struct Fragile(usize);
+
+#[backend]
+impl Fragile {
+    fn query(&mut self, n: u64) -> (usize, u64) {
+        assert_ne!(n, 13, "unlucky");
+        (self.0, n)
+    }
+}
+
+#[test]
+fn a_restarted_group_rebuilds_each_member_from_its_index() -> Result<(), Box<dyn std::error::Error>> {
+    let system = agent_system! {
+        #[restart(max = 3, within = 10s)]
+        fragile[3] = |i| Fragile(i);
+        fragile -> output(out);
+    }?;
+    for handle in &system.fragile {
+        handle.query(13)?;
+        handle.query(1)?;
+    }
+    let mut got: Vec<(usize, u64)> = system.out.iter().take(3).collect();
+    got.sort();
+    assert_eq!(got, [(0, 1), (1, 1), (2, 1)], "each member came back as itself");
+    let report = system.shutdown(DEADLINE);
+    for i in 0..3 {
+        let member = report.entity(&format!("fragile[{i}]")).unwrap();
+        assert_eq!((member.stats.panics, member.stats.restarts), (1, 1));
+    }
+    Ok(())
+}

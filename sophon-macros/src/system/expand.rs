@@ -44,6 +44,8 @@ struct Field<'a> {
     ty: Option<TokenStream>,
     /// Whether it is an output's receiver.
     output: bool,
+    /// Whether it holds a group's handles.
+    group: bool,
 }
 
 /// The builder calls, and the fields they make.
@@ -80,18 +82,24 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options], runtime: Option<&TokenStrea
             opts = quote!(#opts.thread());
         }
         // A restarted entity is given a factory, which builds its first backend too.
-        let entity_fn = match (&options[i].restart, &entity.ty) {
-            (Some(restart), ty) => {
+        let ty = entity.ty.as_ref().map_or_else(|| quote!(_), |ty| quote!(#ty));
+        let entity_fn = match (&options[i].restart, &entity.size) {
+            (Some(restart), size) => {
                 let (max, within) = (&restart.max, restart.within_ms);
                 opts = quote!(#opts.restart(#max, ::core::time::Duration::from_millis(#within)));
-                let ty = ty.as_ref().map_or_else(|| quote!(_), |ty| quote!(#ty));
-                quote_spanned!(expr.span()=> ::sophon::__private::supervised::<#ty, _, _>)
+                match size {
+                    None => quote_spanned!(expr.span()=> ::sophon::__private::supervised::<#ty, _, _>),
+                    Some(_) => quote_spanned!(expr.span()=> ::sophon::__private::supervised_group::<#ty, _, _>),
+                }
             }
-            (None, Some(ty)) => quote!(::sophon::SystemBuilder::entity_with::<#ty>),
+            (None, Some(_)) => quote_spanned!(expr.span()=> ::sophon::__private::group::<#ty, _>),
+            (None, None) if entity.ty.is_some() => quote!(::sophon::SystemBuilder::entity_with::<#ty>),
             (None, None) => quote!(::sophon::SystemBuilder::entity_with),
         };
+        // A group's size, spanned at it: rustc's error for one that is not a `usize` lands there.
+        let size = entity.size.as_ref().map(|size| quote_spanned!(size.span()=> #size,));
         // Spanned at the expression: when it is not a backend (or a factory), rustc says so there.
-        let call = quote_spanned!(expr.span()=> #entity_fn(&mut #builder, #label, #expr, #opts));
+        let call = quote_spanned!(expr.span()=> #entity_fn(&mut #builder, #label, #size #expr, #opts));
         quote!(#cfg let #node = #call;)
     });
 
@@ -157,11 +165,11 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options], runtime: Option<&TokenStrea
                 let node = local("node", &graph.entities[output.from].name, name.span());
                 let (cfg, _) = cfg_attrs(condition);
                 match &output.decl.port {
-                    None => quote!(#cfg ::sophon::SystemBuilder::output_to(&mut #builder, &#node, #label, ::core::clone::Clone::clone(&#tx));),
+                    None => quote!(#cfg ::sophon::__private::output_to(&mut #builder, &#node, #label, &#tx);),
                     Some(port) => {
                         let pick = pick_port(port);
                         let marker = port_marker(output.decl, output.name);
-                        quote!(#cfg let #marker = ::sophon::__private::port_output_to(&mut #builder, &#node, #pick, #label, ::core::clone::Clone::clone(&#tx));)
+                        quote!(#cfg let #marker = ::sophon::__private::port_output_to(&mut #builder, &#node, #pick, #label, &#tx);)
                     }
                 }
             });
@@ -192,6 +200,7 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options], runtime: Option<&TokenStrea
                 value: quote!(#rx),
                 ty: carried.map(|ty| quote!(::sophon::crossbeam_channel::Receiver<#ty>)),
                 output: true,
+                group: false,
             });
             quote! {
                 #cfg let (#tx, #rx) = #channel;
@@ -205,16 +214,19 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options], runtime: Option<&TokenStrea
         .iter()
         .map(|&(i, name)| {
             let node = local("node", name, name.span());
+            let group = graph.entities[i].size.is_some();
             let ty = graph.entities[i].ty.as_ref().map(|ty| {
-                quote!(::sophon::Handle<<#ty as ::sophon::IntoBackend>::Input, <#ty as ::sophon::IntoBackend>::Output>)
+                let handle = quote!(::sophon::Handle<<#ty as ::sophon::IntoBackend>::Input, <#ty as ::sophon::IntoBackend>::Output>);
+                if group { quote!(::std::vec::Vec<#handle>) } else { handle }
             });
             Field {
                 name,
                 docs: options[i].docs.clone(),
                 condition: condition(i),
-                value: quote!(::sophon::System::handle(&#system, &#node)),
+                value: quote!(::sophon::__private::Nodes::handles(&#node, &#system)),
                 ty,
                 output: false,
+                group,
             }
         })
         .collect();
@@ -411,6 +423,8 @@ pub(super) fn expand_named(
         let docs = if field.docs.is_empty() {
             let doc = if field.output {
                 format!("What the system sends to its output `{field_name}`.")
+            } else if field.group {
+                format!("The handles of the members of group `{field_name}`, `{field_name}[0]` first.")
             } else {
                 format!("The handle of entity `{field_name}`.")
             };

@@ -7,7 +7,7 @@
 //! header    := attribute* VISIBILITY 'struct' IDENT ('(' param (',' param)* ','? ')')?
 //! param     := IDENT ':' TYPE
 //! statement := entity | edge
-//! entity    := attribute* IDENT (':' TYPE)? '=' EXPR
+//! entity    := attribute* IDENT ('[' EXPR ']')? (':' TYPE)? '=' EXPR   (with `[size]`, a group: EXPR is `|i| ...`)
 //! attribute := '#' '[' IDENT ('(' TOKENS ')')? ']' | '///' doc comment
 //! edge      := attribute* 'loop'? IDENT ('.' IDENT)? arrow targets
 //! arrow     := '->' (query) | '~>' (read)
@@ -54,6 +54,9 @@ pub(super) enum Statement {
 pub(super) struct Entity {
     pub(super) options: Vec<Attribute>,
     pub(super) name: Ident,
+    /// `workers[n] = |i| ..`: a group of `n` entities, the expression a closure from each one's
+    /// index to its backend.
+    pub(super) size: Option<Expr>,
     pub(super) ty: Option<Type>,
     pub(super) expr: Expr,
 }
@@ -238,7 +241,10 @@ impl Parse for Statement {
             ));
         }
         if input.peek(Ident) {
-            if input.peek2(Token![:]) || input.peek2(Token![=]) && !input.peek2(Token![=>]) {
+            if input.peek2(Token![:])
+                || input.peek2(Token![=]) && !input.peek2(Token![=>])
+                || input.peek2(syn::token::Bracket)
+            {
                 let mut entity: Entity = input.parse()?;
                 entity.options = attrs;
                 return Ok(Statement::Entity(Box::new(entity)));
@@ -270,6 +276,28 @@ impl Parse for Entity {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let options = input.call(Attribute::parse_outer)?;
         let name: Ident = input.parse()?;
+        let size = if input.peek(syn::token::Bracket) {
+            let content;
+            let brackets = bracketed!(content in input);
+            if content.is_empty() {
+                return Err(syn::Error::new(
+                    brackets.span.join(),
+                    format!("a group needs its size: `{name}[n] = |i| MyBackend::new(i);`"),
+                ));
+            }
+            let size: Expr = content.parse()?;
+            if !content.is_empty() {
+                return Err(content.error(format!("a group's size is one expression: `{name}[n]`")));
+            }
+            if input.peek(Token![->]) || input.peek(Token![~]) {
+                return Err(input.error(format!(
+                    "an edge starts at a whole group, which sends from every member: `{name} -> target;`"
+                )));
+            }
+            Some(size)
+        } else {
+            None
+        };
         let ty = if input.peek(Token![:]) {
             input.parse::<Token![:]>()?;
             if input.peek(Token![=]) {
@@ -301,7 +329,7 @@ impl Parse for Entity {
             )));
         }
         let expr = input.parse()?;
-        Ok(Entity { options, name, ty, expr })
+        Ok(Entity { options, name, size, ty, expr })
     }
 }
 
@@ -406,6 +434,11 @@ impl Parse for Target {
         }
         if input.peek(Token![loop]) {
             return Err(input.error("`loop` goes before the edge it marks: `loop a -> b;`"));
+        }
+        if input.peek(Ident) && input.peek2(syn::token::Bracket) {
+            let name: Ident = input.fork().parse()?;
+            return Err(input
+                .error(format!("an edge reaches a whole group, every member of it: `-> {name};`, without an index")));
         }
         if !input.peek(Ident) || input.peek2(Token![::]) || input.peek2(syn::token::Paren) {
             return Err(input.error("an edge's target is an entity's name, `output(name)`, or `[a, b]` for several"));
