@@ -240,7 +240,8 @@ fn a_group_sized_at_run_time_is_reached_by_one_edge() -> Result<(), Box<dyn std:
         split = Pass;
         /// The workers.
         #[bounded(64)]
-        workers[n] = |i| Member(i);
+        // Any function from the index to a backend: a tuple struct's constructor, here.
+        workers[n] = Member;
         stage[2]: Pass = |_| Pass;
         sink = Pass;
         split -> workers;
@@ -311,7 +312,7 @@ impl Fragile {
 fn a_restarted_group_rebuilds_each_member_from_its_index() -> Result<(), Box<dyn std::error::Error>> {
     let system = agent_system! {
         #[restart(max = 3, within = 10s)]
-        fragile[3] = |i| Fragile(i);
+        fragile[3] = Fragile;
         fragile -> output(out);
     }?;
     for handle in &system.fragile {
