@@ -297,3 +297,60 @@ fn a_system_declared_with_the_macro_can_be_extended() {
     assert_eq!(out.recv_timeout(DEADLINE).unwrap(), 41);
     assert!(system.shutdown(DEADLINE).is_clean());
 }
+
+#[test]
+fn entities_removed_together_stop_in_graph_order_among_them() {
+    let mut b = SystemBuilder::new();
+    let source = b.entity("source", pass::<u32>());
+    let batcher = b.entity("batcher", Batcher(Vec::new()));
+    let sink = b.entity("sink", from_fn(|batch: Vec<u32>, ctx: &mut Context<usize>| Ok(ctx.send(batch.len())?)));
+    b.query_edge(&source, &batcher).query_edge(&batcher, &sink);
+    let sizes = b.output(&sink, "sizes");
+    let mut system = b.spawn().unwrap();
+    for n in 0..25 {
+        system.handle(&source).query(n).unwrap();
+    }
+    // The sink is named first, and still stops after the batcher: it handles the last batch,
+    // which the batcher sends as it stops.
+    let reports = system.remove_all(["sink", "nobody", "batcher", "sink"], DEADLINE);
+    let names: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["sink", "batcher"]);
+    assert!(reports.iter().all(|r| r.joined && r.stats.undelivered == 0 && r.state == EntityState::Stopped));
+    assert_eq!(reports[0].stats.handled, 3);
+    assert_eq!(sizes.try_iter().collect::<Vec<_>>(), [10, 10, 5]);
+    assert_eq!(system.entity_names().collect::<Vec<_>>(), ["source"]);
+    system.handle(&source).query(1).unwrap();
+    assert!(system.shutdown(DEADLINE).is_clean());
+}
+
+#[test]
+fn a_removal_past_its_deadline_reports_what_was_left() {
+    let (release_tx, release) = crossbeam_channel::unbounded::<()>();
+    let mut b = SystemBuilder::new();
+    // Waits for a release on each message: blocked, as a handler on a terminal would be.
+    let stuck = b.entity_with(
+        "stuck",
+        from_fn(move |_: u32, _: &mut Context<u32>| {
+            release.recv()?;
+            Ok(())
+        }),
+        sophon::EntityOptions::new().thread(),
+    );
+    let mut system = b.spawn().unwrap();
+    for n in 0..5 {
+        system.handle(&stuck).query(n).unwrap();
+    }
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..5 {
+            let _ = release_tx.send(());
+        }
+    });
+    let report = system.remove("stuck", Duration::from_millis(50)).unwrap();
+    // The first message was being handled; the other four were queued when the deadline passed.
+    assert_eq!(report.stats.undelivered, 4, "{report:?}");
+    assert!(!report.joined, "still in its handler after the grace");
+    releaser.join().unwrap();
+    let report = system.shutdown(DEADLINE);
+    assert_eq!(report.entities[0].stats.handled, 1);
+}
