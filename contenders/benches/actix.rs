@@ -440,6 +440,35 @@ mod spawn {
         system.stop();
     }
 
+    /// Like actix's: the system (and its workers) made once; each sample adds 1,000 entities to
+    /// it, sends each one number and removes them all.
+    #[divan::bench(sample_count = 10, sample_size = 1)]
+    fn sophon_pool_running(bencher: Bencher<'_, '_>) {
+        let mut system = pooled().spawn().unwrap();
+        let names: Vec<String> = (0..AGENTS).map(|i| format!("a{i}")).collect();
+        bencher.bench_local(|| {
+            let (tx, answers) = unbounded();
+            let nodes = system
+                .extend(|b| {
+                    let nodes: Vec<_> = names.iter().map(|name| b.entity(name, Pass)).collect();
+                    for node in &nodes {
+                        b.output_to(node, "answers", tx.clone());
+                    }
+                    nodes
+                })
+                .unwrap();
+            drop(tx);
+            for (i, node) in nodes.iter().enumerate() {
+                system.handle(node).query(i as u64).unwrap();
+            }
+            assert_eq!(answers.iter().take(AGENTS as usize).count() as u64, AGENTS);
+            system.remove_all(names.iter().map(String::as_str), sophon::DEFAULT_SHUTDOWN_DEADLINE)
+        });
+        system.shutdown(sophon::DEFAULT_SHUTDOWN_DEADLINE);
+    }
+
+    /// A new system for each sample: built, its workers started, 1,000 entities asked once, and
+    /// shut down in graph order.
     #[divan::bench(sample_count = 10, sample_size = 1)]
     fn sophon_pool(bencher: Bencher<'_, '_>) {
         bencher.bench_local(|| {

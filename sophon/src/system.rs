@@ -422,6 +422,10 @@ impl System {
     /// after, it is given up on (see [`shutdown`](Self::shutdown)). The shutdown report lists
     /// it too, with its counters at the end. `None` if there is no entity called `name`.
     ///
+    /// Its queues and counters stay with the system until it shuts down (a few kilobytes per
+    /// entity removed), so that a send from a handle that races the removal is still counted,
+    /// and refused or reported undelivered, never lost unseen.
+    ///
     /// # Examples
     ///
     /// ```
