@@ -10,7 +10,7 @@
 //! sent if set, and `--model` defaults to `$OPENAI_MODEL`.
 //!
 //! Type `/quit`, or end the input, to leave. With piped input it runs without a terminal and
-//! exits at the end of the input.
+//! exits at the end of the input. `--graph` prints the system's graph (Mermaid) and exits.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +26,7 @@ const DEFAULT_SYSTEM: &str =
     "You are a helpful assistant. Answer briefly, using what the user told you earlier in the conversation.";
 
 const USAGE: &str = "usage: chat [--http URL [--model NAME]] [--model-path FILE] [--system PROMPT] \
-                     [--max-tokens N] [--seed N]";
+                     [--max-tokens N] [--seed N] [--graph]";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -36,6 +36,15 @@ struct Args {
     system: Option<String>,
     max_tokens: Option<usize>,
     seed: Option<u64>,
+    graph: bool,
+}
+
+agent_system! {
+    /// A person and a model. No edges: `run` asks each in turn, and each answer comes back to
+    /// it alone.
+    struct Chat(model: BoxBackend<String, String>);
+    person: Person = Person::terminal().prompt("you> ").label("model> ");
+    model: BoxBackend<String, String> = model;
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -49,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
             "--model-path" => args.model_path = Some(value()?.into()),
             "--system" => args.system = Some(value()?),
             "--max-tokens" => args.max_tokens = Some(value()?.parse().map_err(|e| format!("`--max-tokens`: {e}"))?),
+            "--graph" => args.graph = true,
             "--seed" => args.seed = Some(value()?.parse().map_err(|e| format!("`--seed`: {e}"))?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
@@ -69,6 +79,10 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
+    if args.graph {
+        print!("{}", Chat::MERMAID);
+        return Ok(());
+    }
     let mut options = ChatOptions::new().system_prompt(args.system.unwrap_or_else(|| DEFAULT_SYSTEM.into()));
     if let Some(n) = args.max_tokens {
         options = options.max_tokens(n);
@@ -97,11 +111,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    // No edges: this thread asks each in turn, and each answer comes back to it alone.
-    let system = agent_system! {
-        person = Person::terminal().prompt("you> ").label("model> ");
-        model: BoxBackend<String, String> = backend;
-    }?;
+    let system = Chat::spawn(backend)?;
 
     println!("Talking to {name}. Type /quit or end the input to leave.");
     let mut reply = String::new();

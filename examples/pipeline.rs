@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Run with `cargo run --example pipeline`. It takes a dozen ticks, prints what it stored and
-//! what it found, and exits by itself.
+//! what it found, and exits by itself. `--graph` prints the system's graph (Mermaid) and exits.
 
 use std::time::Duration;
 
@@ -57,18 +57,29 @@ impl Note {
     }
 }
 
+agent_system! {
+    /// Ticks, noted, stored and indexed; the store and the index are made by the caller, whose
+    /// `?` reports their errors.
+    struct Pipeline(store: SqliteStore, index: SearchIndex);
+    clock: Clock = Clock::new().format(TimeFormat::Strftime("%H:%M:%S%.3f".into())).ticking(Duration::from_millis(20));
+    note: Note = Note { n: 0 };
+    store: SqliteStore = store;
+    index: SearchIndex = index;
+    clock -> note;
+    note ~> [store, index];
+    note -> output(events);
+    store -> output(rows);
+    index -> output(hits);
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let system = agent_system! {
-        clock = Clock::new().format(TimeFormat::Strftime("%H:%M:%S%.3f".into())).ticking(Duration::from_millis(20));
-        note = Note { n: 0 };
-        store = SqliteStore::in_memory()?.with_schema("CREATE TABLE events (n INTEGER, at TEXT, text TEXT)")?;
-        index = SearchIndex::in_memory()?.limit(3)?;
-        clock -> note;
-        note ~> [store, index];
-        note -> output(events);
-        store -> output(rows);
-        index -> output(hits);
-    }?;
+    if std::env::args().nth(1).as_deref() == Some("--graph") {
+        print!("{}", Pipeline::MERMAID);
+        return Ok(());
+    }
+    let store = SqliteStore::in_memory()?.with_schema("CREATE TABLE events (n INTEGER, at TEXT, text TEXT)")?;
+    let index = SearchIndex::in_memory()?.limit(3)?;
+    let system = Pipeline::spawn(store, index)?;
 
     // Take a dozen ticks, then stop the clock; what is on its way still arrives.
     for event in system.events.iter().take(TICKS as usize) {

@@ -152,3 +152,5 @@ mod tests {
         assert_eq!(cycles(n, &edges)[0].len(), n);
     }
 }
+
+pub mod draw;

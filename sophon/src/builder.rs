@@ -186,6 +186,15 @@ pub(crate) struct Graph {
     /// Every edge between entities (outputs are not among them); the edges of a removed entity
     /// are dropped with it.
     pub(crate) edges: Vec<EdgeSpec>,
+    /// Every edge to an output, for drawing the graph.
+    pub(crate) outputs: Vec<OutputSpec>,
+}
+
+/// An edge from an entity to an output.
+pub(crate) struct OutputSpec {
+    pub(crate) from: usize,
+    pub(crate) name: Arc<str>,
+    pub(crate) port: Option<&'static str>,
 }
 
 impl Graph {
@@ -193,13 +202,19 @@ impl Graph {
         &self.ports[index].core().name
     }
 
-    /// Forgets everything after the first `entities` entities and `edges` edges: what a
-    /// refused extension had added.
-    pub(crate) fn truncate(&mut self, entities: usize, edges: usize) {
+    /// How many entities, edges and outputs it has: where [`truncate`](Self::truncate) goes
+    /// back to.
+    pub(crate) fn marks(&self) -> (usize, usize, usize) {
+        (self.ports.len(), self.edges.len(), self.outputs.len())
+    }
+
+    /// Forgets everything added after `marks` were taken: what a refused extension had added.
+    pub(crate) fn truncate(&mut self, (entities, edges, outputs): (usize, usize, usize)) {
         self.ports.truncate(entities);
         self.bounded.truncate(entities);
         self.removed.truncate(entities);
         self.edges.truncate(edges);
+        self.outputs.truncate(outputs);
         self.names.retain(|_, index| *index < entities);
     }
 }
@@ -218,10 +233,17 @@ pub(crate) struct Checked {
 pub(crate) struct EdgeSpec {
     pub(crate) from: usize,
     pub(crate) to: usize,
-    /// The output port it is attached to, if not the whole output.
-    port: Option<usize>,
+    /// The output port it is attached to (index and name), if not the whole output.
+    port: Option<(usize, &'static str)>,
     pub(crate) kind: EdgeKind,
-    intended_loop: bool,
+    pub(crate) intended_loop: bool,
+}
+
+impl EdgeSpec {
+    /// The name of the output port it is attached to, if not the whole output.
+    pub(crate) fn port_name(&self) -> Option<&'static str> {
+        self.port.map(|(_, name)| name)
+    }
 }
 
 /// Builds a system: add entities and edges, then [`spawn`](SystemBuilder::spawn) it.
@@ -660,7 +682,6 @@ impl SystemBuilder {
         let core = &target_port.core;
         let sibling = Sibling::new(core.name.clone(), Some(core.id), kind, port, wrap(outlet));
         self.with_context(from, move |ctx| ctx.add_sibling(sibling));
-        let port = port.map(|(index, _)| index);
         self.graph.edges.push(EdgeSpec { from: from.index, to: to.index, port, kind, intended_loop });
         self
     }
@@ -800,7 +821,9 @@ impl SystemBuilder {
         assert_eq!(from.builder, self.id, "the node comes from another builder");
         if self.usable(from) {
             let outlet = OutputOutlet::new(tx, self.shared.clone());
-            let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, None, Box::new(outlet));
+            let name: Arc<str> = Arc::from(name);
+            self.graph.outputs.push(OutputSpec { from: from.index, name: name.clone(), port: None });
+            let sibling = Sibling::new(name, None, EdgeKind::Output, None, Box::new(outlet));
             self.with_context(from, move |ctx| ctx.add_sibling(sibling));
         }
         self
@@ -848,8 +871,10 @@ impl SystemBuilder {
         if self.usable(from) {
             let inner = Box::new(OutputOutlet::new(tx, self.shared.clone()));
             let outlet = PortOutlet { extract: port.extractor(), inner };
+            let name: Arc<str> = Arc::from(name);
+            self.graph.outputs.push(OutputSpec { from: from.index, name: name.clone(), port: Some(port.name()) });
             let port = Some((port.index(), port.name()));
-            let sibling = Sibling::new(Arc::from(name), None, EdgeKind::Output, port, Box::new(outlet));
+            let sibling = Sibling::new(name, None, EdgeKind::Output, port, Box::new(outlet));
             self.with_context(from, move |ctx| {
                 ctx.route_by(O::port);
                 ctx.add_sibling(sibling);
@@ -932,12 +957,13 @@ impl SystemBuilder {
         let mut seen: HashSet<(usize, usize, Option<usize>)> = HashSet::new();
         let mut pairs: HashSet<(usize, usize)> = HashSet::new();
         for (i, edge) in graph.edges.iter().enumerate() {
-            let clash = seen.contains(&(edge.from, edge.to, edge.port))
-                || match edge.port {
+            let port = edge.port.map(|(index, _)| index);
+            let clash = seen.contains(&(edge.from, edge.to, port))
+                || match port {
                     Some(_) => seen.contains(&(edge.from, edge.to, None)),
                     None => pairs.contains(&(edge.from, edge.to)),
                 };
-            seen.insert((edge.from, edge.to, edge.port));
+            seen.insert((edge.from, edge.to, port));
             pairs.insert((edge.from, edge.to));
             if clash && i >= self.base_edges {
                 self.problems.push(BuildProblem::DuplicateEdge { from: name(edge.from), to: name(edge.to) });

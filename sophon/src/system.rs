@@ -11,6 +11,8 @@ use crossbeam_channel::Receiver;
 use uuid::Uuid;
 
 use crate::backend::Backend;
+use sophon_graph::draw::Drawing;
+
 use crate::builder::{Checked, Graph, NewAgent, Node, SystemBuilder};
 use crate::entity::{EntityState, Envelope, Handle, Port, Stats, Visit};
 use crate::err::{BuildError, BuildProblem};
@@ -377,7 +379,7 @@ impl System {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn extend<R>(&mut self, f: impl FnOnce(&mut SystemBuilder) -> R) -> Result<R, BuildError> {
-        let (entities, edges) = (self.graph.ports.len(), self.graph.edges.len());
+        let marks = self.graph.marks();
         let graph = std::mem::take(&mut self.graph);
         let mut builder = SystemBuilder::extending(self.builder, self.shared.clone(), graph);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut builder)));
@@ -385,7 +387,7 @@ impl System {
         let result = match result {
             Ok(result) if problems.is_empty() => result,
             refused => {
-                graph.truncate(entities, edges);
+                graph.truncate(marks);
                 self.graph = graph;
                 match refused {
                     Err(payload) => std::panic::resume_unwind(payload),
@@ -575,6 +577,7 @@ impl System {
             })
             .collect();
         self.graph.edges.retain(|e| !local.contains_key(&e.from) && !local.contains_key(&e.to));
+        self.graph.outputs.retain(|o| !local.contains_key(&o.from));
         reports
     }
 
@@ -637,6 +640,101 @@ impl System {
                 }
             }
         }
+    }
+
+    /// The system's graph now, as a [Mermaid](https://mermaid.js.org) flowchart: each entity
+    /// with its figures so far (messages handled, messages queued, and its state once it is no
+    /// longer running), its edges (query edges solid, read edges dotted, loops thick, each
+    /// labelled with its output port if it has one) and its outputs (rounded). Paste it into a
+    /// Markdown ` ```mermaid ` block. Entities removed are left out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sophon::{Backend, BoxError, Context, SystemBuilder};
+    ///
+    /// struct Pass;
+    /// impl Backend for Pass {
+    ///     type Input = u32;
+    ///     type Output = u32;
+    ///     fn query(&mut self, n: u32, ctx: &mut Context<u32>) -> Result<(), BoxError> {
+    ///         Ok(ctx.send(n)?)
+    ///     }
+    /// }
+    ///
+    /// let mut builder = SystemBuilder::new();
+    /// let a = builder.entity("a", Pass);
+    /// let b = builder.entity("b", Pass);
+    /// builder.query_edge(&a, &b);
+    /// let out = builder.output(&b, "out");
+    /// let system = builder.spawn()?;
+    /// system.handle(&a).query(1)?;
+    /// out.recv()?;
+    /// # while system.handle(&b).stats()?.handled < 1 { std::thread::yield_now(); }
+    /// assert_eq!(
+    ///     system.mermaid(),
+    ///     "flowchart LR
+    ///     n0[\"a<br/>handled 1<br/>queued 0\"]
+    ///     n1[\"b<br/>handled 1<br/>queued 0\"]
+    ///     n2([\"out\"])
+    ///     n0 --> n1
+    ///     n1 --> n2
+    /// "
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn mermaid(&self) -> String {
+        self.drawing().mermaid()
+    }
+
+    /// The system's graph now in Graphviz's DOT language, drawn as [`mermaid`](Self::mermaid)
+    /// draws it: `dot -Tsvg` makes a picture of it.
+    pub fn dot(&self) -> String {
+        self.drawing().dot()
+    }
+
+    fn drawing(&self) -> Drawing {
+        use sophon_graph::draw::{Edge, EdgeKind as Drawn, Node as DrawnNode, NodeKind};
+        let graph = &self.graph;
+        let mut drawing = Drawing::default();
+        let mut place = vec![usize::MAX; graph.ports.len()];
+        for (index, port) in graph.ports.iter().enumerate() {
+            if graph.removed[index] {
+                continue;
+            }
+            let stats = port.stats();
+            let mut figures = vec![format!("handled {}", stats.handled), format!("queued {}", stats.queued)];
+            match port.core().state() {
+                EntityState::Running => {}
+                EntityState::Stopped => figures.push("stopped".to_string()),
+                EntityState::Failed => figures.push("failed".to_string()),
+            }
+            place[index] = drawing.nodes.len();
+            drawing.nodes.push(DrawnNode { name: port.core().name.to_string(), kind: NodeKind::Entity, figures });
+        }
+        for edge in &graph.edges {
+            let kind = match (edge.kind, edge.intended_loop) {
+                (crate::EdgeKind::Read, _) => Drawn::Read,
+                (_, true) => Drawn::Loop,
+                _ => Drawn::Query,
+            };
+            let port = edge.port_name().map(str::to_string);
+            drawing.edges.push(Edge { from: place[edge.from], to: place[edge.to], kind, port, figures: Vec::new() });
+        }
+        let mut outputs: HashMap<&str, usize> = HashMap::new();
+        for output in &graph.outputs {
+            let to = *outputs.entry(&output.name).or_insert_with(|| {
+                drawing.nodes.push(DrawnNode {
+                    name: output.name.to_string(),
+                    kind: NodeKind::Output,
+                    figures: Vec::new(),
+                });
+                drawing.nodes.len() - 1
+            });
+            let port = output.port.map(str::to_string);
+            drawing.edges.push(Edge { from: place[output.from], to, kind: Drawn::Output, port, figures: Vec::new() });
+        }
+        drawing
     }
 
     /// Runs `f` on the backend of every running entity whose backend is a `B`, and returns each

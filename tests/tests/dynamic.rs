@@ -354,3 +354,36 @@ fn a_removal_past_its_deadline_reports_what_was_left() {
     let report = system.shutdown(DEADLINE);
     assert_eq!(report.entities[0].stats.handled, 1);
 }
+
+#[test]
+fn the_drawing_follows_the_running_graph() {
+    let mut b = SystemBuilder::new();
+    let person = b.entity("person", pass::<u32>());
+    let model = b.entity("model", pass::<u32>());
+    let log = b.entity("log", pass::<u32>());
+    b.query_edge(&person, &model).loop_edge(&model, &person).read_edge(&model, &log);
+    let mut system = b.spawn().unwrap();
+    let figures = "handled 0<br/>queued 0";
+    assert_eq!(
+        system.mermaid(),
+        format!(
+            "flowchart LR\n    n0[\"person<br/>{figures}\"]\n    n1[\"model<br/>{figures}\"]\n    n2[\"log<br/>{figures}\"]\n    n0 --> n1\n    n1 ==>|\"loop\"| n0\n    n1 -.-> n2\n"
+        )
+    );
+    system
+        .extend(|b| {
+            b.output(&log, "out");
+        })
+        .unwrap();
+    assert!(
+        system
+            .mermaid()
+            .ends_with("    n3([\"out\"])\n    n0 --> n1\n    n1 ==>|\"loop\"| n0\n    n1 -.-> n2\n    n2 --> n3\n")
+    );
+    system.remove("log", DEADLINE).unwrap();
+    assert_eq!(
+        system.dot(),
+        "digraph {\n    rankdir=LR;\n    n0 [label=\"person\\nhandled 0\\nqueued 0\", shape=box];\n    n1 [label=\"model\\nhandled 0\\nqueued 0\", shape=box];\n    n0 -> n1 [label=\"\"];\n    n1 -> n0 [label=\"loop\", style=bold];\n}\n"
+    );
+    assert!(system.shutdown(DEADLINE).is_clean());
+}

@@ -329,3 +329,15 @@ fn a_restarted_group_rebuilds_each_member_from_its_index() -> Result<(), Box<dyn
     }
     Ok(())
 }
+
+#[test]
+fn a_named_system_draws_its_declared_graph() {
+    assert_eq!(
+        Farm::MERMAID,
+        "flowchart LR\n    n0[\"split\"]\n    n1[[\"workers[n]\"]]\n    n2([\"answers\"])\n    n0 --> n1\n    n1 --> n2\n"
+    );
+    assert_eq!(
+        Farm::DOT,
+        "digraph {\n    rankdir=LR;\n    n0 [label=\"split\", shape=box];\n    n1 [label=\"workers[n]\", shape=box3d];\n    n2 [label=\"answers\", shape=box, style=rounded];\n    n0 -> n1 [label=\"\"];\n    n1 -> n2 [label=\"\"];\n}\n"
+    );
+}

@@ -303,6 +303,54 @@ fn wiring_checks(graph: &Graph<'_>, entities: &[(usize, &Ident)], options: &[Opt
         .collect()
 }
 
+/// The declared graph, to draw: an entity per name declared (a group as one node, `name[size]`),
+/// an output per name, and every edge.
+fn drawing(graph: &Graph<'_>) -> sophon_graph::draw::Drawing {
+    use sophon_graph::draw::{Drawing, Edge, EdgeKind, Node, NodeKind};
+    let mut drawing = Drawing::default();
+    let mut place: Vec<Option<usize>> = vec![None; graph.entities.len()];
+    let mut named = std::collections::HashSet::new();
+    for (i, entity) in graph.entities.iter().enumerate() {
+        if !named.insert(entity.name.to_string()) {
+            continue;
+        }
+        let (name, kind) = match &entity.size {
+            Some(size) => (format!("{}[{}]", entity.name, quote!(#size).to_string().replace(' ', "")), NodeKind::Group),
+            None => (entity.name.to_string(), NodeKind::Entity),
+        };
+        place[i] = Some(drawing.nodes.len());
+        drawing.nodes.push(Node { name, kind, figures: Vec::new() });
+    }
+    let mut drawn = std::collections::HashSet::new();
+    for edge in &graph.edges {
+        let port = edge.decl.port.as_ref().map(ToString::to_string);
+        let (Some(from), Some(to)) = (place[edge.from], place[edge.to]) else { continue };
+        if !drawn.insert((from, to, port.clone())) {
+            continue;
+        }
+        let kind = match edge.kind {
+            Kind::Query => EdgeKind::Query,
+            Kind::Read => EdgeKind::Read,
+            Kind::Loop => EdgeKind::Loop,
+        };
+        drawing.edges.push(Edge { from, to, kind, port, figures: Vec::new() });
+    }
+    let mut outputs: BTreeMap<String, usize> = BTreeMap::new();
+    for output in &graph.outputs {
+        if graph.entities.iter().any(|e| e.name == *output.name) {
+            continue;
+        }
+        let Some(from) = place[output.from] else { continue };
+        let to = *outputs.entry(output.name.to_string()).or_insert_with(|| {
+            drawing.nodes.push(Node { name: output.name.to_string(), kind: NodeKind::Output, figures: Vec::new() });
+            drawing.nodes.len() - 1
+        });
+        let port = output.decl.port.as_ref().map(ToString::to_string);
+        drawing.edges.push(Edge { from, to, kind: EdgeKind::Output, port, figures: Vec::new() });
+    }
+    drawing
+}
+
 /// The construction of the system's struct `name` from the builder, as a `Result`.
 fn construct(built: &Built<'_>, name: &TokenStream, absent_fields: bool) -> TokenStream {
     let builder = Ident::new("__sophon_builder", Span::call_site());
@@ -449,6 +497,14 @@ pub(super) fn expand_named(
     let construct = construct(&built, &quote!(#name), false);
     let spawn_doc = "Builds the system and starts its agents; fails as \
                      [`SystemBuilder::spawn`](::sophon::SystemBuilder::spawn) does.";
+    let drawing = drawing(graph);
+    let (mermaid, dot) = (drawing.mermaid(), drawing.dot());
+    let mermaid_doc = format!(
+        "The declared graph as a Mermaid flowchart (a group is one node; with every `#[cfg]` holding). \
+         A running system draws itself with live figures: [`System::mermaid`](::sophon::System::mermaid).\n\n```text\n{mermaid}```"
+    );
+    let dot_doc = "The declared graph in Graphviz's DOT language, drawn as `MERMAID` draws it. \
+                   A running system draws itself with live figures: [`System::dot`](::sophon::System::dot).";
     quote! {
         #struct_docs
         #(#attrs)*
@@ -464,6 +520,12 @@ pub(super) fn expand_named(
             #vis fn spawn(#(#params),*) -> ::core::result::Result<Self, ::sophon::BuildError> {
                 #construct
             }
+
+            #[doc = #mermaid_doc]
+            #vis const MERMAID: &'static str = #mermaid;
+
+            #[doc = #dot_doc]
+            #vis const DOT: &'static str = #dot;
 
             #methods
         }
