@@ -124,6 +124,23 @@ impl EntityOptions {
     }
 }
 
+/// The cycles of the graph made of `edges` (see `sophon_graph::cycles`), looking only at the
+/// entities they touch: a system of a million entities and a few edges is checked in time for
+/// its edges.
+fn cycles_among(edges: &[(usize, usize)]) -> Vec<Vec<usize>> {
+    let mut touched: Vec<usize> = edges.iter().flat_map(|&(from, to)| [from, to]).collect();
+    touched.sort_unstable();
+    touched.dedup();
+    // Dense numbers in the same order, so that each cycle still starts at its lowest entity and
+    // the cycles come in the same order.
+    let dense = |entity: usize| touched.binary_search(&entity).expect("touched by an edge");
+    let edges: Vec<(usize, usize)> = edges.iter().map(|&(from, to)| (dense(from), dense(to))).collect();
+    sophon_graph::cycles(touched.len(), &edges)
+        .into_iter()
+        .map(|cycle| cycle.into_iter().map(|node| touched[node]).collect())
+        .collect()
+}
+
 /// The name of member `i` of the group `group`: `workers[3]`.
 pub(crate) fn member_name(group: &str, i: usize) -> String {
     format!("{group}[{i}]")
@@ -951,6 +968,10 @@ impl SystemBuilder {
 
     fn check_edges(&mut self) {
         let graph = &self.graph;
+        if self.extending && graph.edges.len() == self.base_edges {
+            // No new edge: the running system's graph passed these checks already.
+            return;
+        }
         let name = |i: usize| graph.name(i).to_string();
         // Two edges between the same entities deliver twice, unless they come from different
         // ports. The edges of a running system passed this check already.
@@ -975,7 +996,7 @@ impl SystemBuilder {
             .filter(|e| e.kind == EdgeKind::Query && !e.intended_loop)
             .map(|e| (e.from, e.to))
             .collect();
-        for cycle in sophon_graph::cycles(graph.ports.len(), &queries) {
+        for cycle in cycles_among(&queries) {
             let cycle = cycle.into_iter().map(name).collect();
             self.problems.push(BuildProblem::QueryCycle { cycle });
         }
@@ -987,7 +1008,7 @@ impl SystemBuilder {
             .filter(|e| e.from != e.to && graph.bounded[e.from] && graph.bounded[e.to])
             .map(|e| (e.from, e.to))
             .collect();
-        for cycle in sophon_graph::cycles(graph.ports.len(), &bounded) {
+        for cycle in cycles_among(&bounded) {
             let cycle = cycle.into_iter().map(name).collect();
             self.problems.push(BuildProblem::BoundedLoop { cycle });
         }

@@ -585,20 +585,26 @@ impl System {
     /// groups upstream of it have ended; returns whether all ended by `by`.
     fn stop_set(&self, set: &[usize], groups: &[StopGroup], by: Instant) -> bool {
         let ended = |place: usize| self.graph.ports[set[place]].core().ended.load(Ordering::Acquire);
-        let count_ended = || (0..set.len()).filter(|&place| ended(place)).count();
         let mut stopped = vec![false; set.len()];
         let mut done = vec![false; groups.len()];
         let mut left: Vec<usize> = (0..groups.len()).collect();
         loop {
-            let before = count_ended();
+            // Read before the ended flags: an agent sets its flag before it counts itself out,
+            // so `live - running` never undercounts, and the wait below never oversleeps.
+            let live = self.shared.signal().live_agents;
+            let mut running = 0;
             left.retain(|&g| {
-                done[g] = groups[g].members.iter().all(|&m| ended(m));
+                let members = &groups[g].members;
+                let not_ended = members.iter().filter(|&&m| !ended(m)).count();
+                running += not_ended;
+                done[g] = not_ended == 0;
                 !done[g]
             });
             if left.is_empty() {
                 return true;
             }
             let mut pending = false;
+            let mut all_sent = true;
             for &g in &left {
                 if groups[g].upstream.iter().all(|&u| done[u]) {
                     for &m in &groups[g].members {
@@ -606,6 +612,8 @@ impl System {
                         stopped[m] = stopped[m] || self.graph.ports[set[m]].try_stop();
                         pending |= !stopped[m];
                     }
+                } else {
+                    all_sent = false;
                 }
             }
             let now = Instant::now();
@@ -613,7 +621,12 @@ impl System {
                 return false;
             }
             let wait = if pending { (by - now).min(Duration::from_millis(1)) } else { by - now };
-            self.shared.wait_while(Some(wait), true, |_| count_ended() == before);
+            if all_sent && !pending {
+                // Every one has its `Nop`: wait until as many agents have ended as are left.
+                self.shared.wait_while(Some(wait), true, |s| s.live_agents + running > live);
+            } else {
+                self.shared.wait_while(Some(wait), true, |s| s.live_agents == live);
+            }
         }
     }
 
