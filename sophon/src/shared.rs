@@ -53,6 +53,9 @@ pub(crate) struct Signal {
     /// Waiters that want to hear of every agent that ends, not only of the last: without them,
     /// a million agents ending wake nobody until the last one.
     watching_each: usize,
+    /// A waiter that wants to hear when the live agents are down to this many (see
+    /// [`Shared::wait_for_live`]).
+    wake_at: Option<usize>,
 }
 
 impl Shared {
@@ -64,7 +67,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             expired: AtomicBool::new(false),
             intake: AtomicU8::new(OPEN),
-            signal: Mutex::new(Signal { stop_requested: false, live_agents: 0, watching_each: 0 }),
+            signal: Mutex::new(Signal { stop_requested: false, live_agents: 0, watching_each: 0, wake_at: None }),
             changed: Condvar::new(),
             failures_tx,
             failures_rx,
@@ -101,6 +104,16 @@ impl Shared {
         done
     }
 
+    /// Waits until at most `target` agents are live, at most `timeout`; returns whether that
+    /// happened. Only the agent that brings the count down to `target` wakes the waiter.
+    pub(crate) fn wait_for_live(&self, timeout: Duration, target: usize) -> bool {
+        let mut guard = self.signal();
+        guard.wake_at = Some(target);
+        let (mut guard, done) = self.wait_on(guard, Some(timeout), |s| s.live_agents > target);
+        guard.wake_at = None;
+        done
+    }
+
     fn wait_on<'a>(
         &self,
         guard: MutexGuard<'a, Signal>,
@@ -131,7 +144,7 @@ impl Shared {
         let notify = {
             let mut signal = self.signal();
             signal.live_agents -= 1;
-            signal.live_agents == 0 || signal.watching_each > 0
+            signal.live_agents == 0 || signal.watching_each > 0 || signal.wake_at == Some(signal.live_agents)
         };
         if notify {
             self.changed.notify_all();

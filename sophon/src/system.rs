@@ -623,7 +623,7 @@ impl System {
             let wait = if pending { (by - now).min(Duration::from_millis(1)) } else { by - now };
             if all_sent && !pending {
                 // Every one has its `Nop`: wait until as many agents have ended as are left.
-                self.shared.wait_while(Some(wait), true, |s| s.live_agents + running > live);
+                self.shared.wait_for_live(wait, live.saturating_sub(running));
             } else {
                 self.shared.wait_while(Some(wait), true, |s| s.live_agents == live);
             }
