@@ -40,6 +40,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unknown argument `{other}`; try --tokens N").into()),
         }
     }
+    // candle's speed depends on it (see `LocalLlm`): say what this run had.
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into());
+    println!("RAYON_NUM_THREADS: {threads}");
     let options = ChatOptions::new().max_tokens(tokens);
     let llm = LocalLlm::load(None, options)?;
     let counter = LocalLlm::load(None, ChatOptions::new())?;

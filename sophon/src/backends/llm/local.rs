@@ -113,6 +113,12 @@ pub fn fetch_command() -> String {
 /// the same conversation, prompt and seed give the same reply; at temperature 0 (the default)
 /// decoding is greedy.
 ///
+/// **Speed: set `RAYON_NUM_THREADS`** to the number of cores. Without it, candle (0.11) works out
+/// its thread count again at every matrix product by reading `/proc/cpuinfo`, which on a 2-core
+/// machine costs this model about a quarter of its speed (77 against 102 tokens/s over a
+/// conversation; see `BENCHMARKS.md`). A library cannot set it for you safely, so `scripts/chat`
+/// and `scripts/test` do.
+///
 /// # Examples
 ///
 /// ```no_run
