@@ -212,6 +212,8 @@ pub(crate) struct OutputSpec {
     pub(crate) from: usize,
     pub(crate) name: Arc<str>,
     pub(crate) port: Option<&'static str>,
+    /// Messages sent along it, as its agent publishes the count.
+    pub(crate) carried: Arc<AtomicU64>,
 }
 
 impl Graph {
@@ -254,6 +256,8 @@ pub(crate) struct EdgeSpec {
     port: Option<(usize, &'static str)>,
     pub(crate) kind: EdgeKind,
     pub(crate) intended_loop: bool,
+    /// Messages sent along it, as its agent publishes the count.
+    pub(crate) carried: Arc<AtomicU64>,
 }
 
 impl EdgeSpec {
@@ -697,9 +701,10 @@ impl SystemBuilder {
             _ => Box::new(QueryOutlet::new(&target_port)),
         };
         let core = &target_port.core;
-        let sibling = Sibling::new(core.name.clone(), Some(core.id), kind, port, wrap(outlet));
+        let carried = Arc::new(AtomicU64::new(0));
+        let sibling = Sibling::new(core.name.clone(), Some(core.id), kind, port, wrap(outlet), carried.clone());
         self.with_context(from, move |ctx| ctx.add_sibling(sibling));
-        self.graph.edges.push(EdgeSpec { from: from.index, to: to.index, port, kind, intended_loop });
+        self.graph.edges.push(EdgeSpec { from: from.index, to: to.index, port, kind, intended_loop, carried });
         self
     }
 
@@ -839,8 +844,10 @@ impl SystemBuilder {
         if self.usable(from) {
             let outlet = OutputOutlet::new(tx, self.shared.clone());
             let name: Arc<str> = Arc::from(name);
-            self.graph.outputs.push(OutputSpec { from: from.index, name: name.clone(), port: None });
-            let sibling = Sibling::new(name, None, EdgeKind::Output, None, Box::new(outlet));
+            let carried = Arc::new(AtomicU64::new(0));
+            let spec = OutputSpec { from: from.index, name: name.clone(), port: None, carried: carried.clone() };
+            self.graph.outputs.push(spec);
+            let sibling = Sibling::new(name, None, EdgeKind::Output, None, Box::new(outlet), carried);
             self.with_context(from, move |ctx| ctx.add_sibling(sibling));
         }
         self
@@ -889,9 +896,12 @@ impl SystemBuilder {
             let inner = Box::new(OutputOutlet::new(tx, self.shared.clone()));
             let outlet = PortOutlet { extract: port.extractor(), inner };
             let name: Arc<str> = Arc::from(name);
-            self.graph.outputs.push(OutputSpec { from: from.index, name: name.clone(), port: Some(port.name()) });
+            let carried = Arc::new(AtomicU64::new(0));
+            let spec =
+                OutputSpec { from: from.index, name: name.clone(), port: Some(port.name()), carried: carried.clone() };
+            self.graph.outputs.push(spec);
             let port = Some((port.index(), port.name()));
-            let sibling = Sibling::new(name, None, EdgeKind::Output, port, Box::new(outlet));
+            let sibling = Sibling::new(name, None, EdgeKind::Output, port, Box::new(outlet), carried);
             self.with_context(from, move |ctx| {
                 ctx.route_by(O::port);
                 ctx.add_sibling(sibling);

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
@@ -303,6 +303,10 @@ pub struct Sibling<O> {
     /// The output port the edge is attached to (index and name), if not the whole output.
     port: Option<(usize, &'static str)>,
     outlet: Box<dyn Outlet<O>>,
+    /// Messages the edge took, and where the count is published for the system to read (only
+    /// this agent writes it: a plain store).
+    carried: u64,
+    published: Arc<AtomicU64>,
 }
 
 impl<O> Sibling<O> {
@@ -312,8 +316,16 @@ impl<O> Sibling<O> {
         kind: EdgeKind,
         port: Option<(usize, &'static str)>,
         outlet: Box<dyn Outlet<O>>,
+        published: Arc<AtomicU64>,
     ) -> Self {
-        Sibling { name, id, kind, port, outlet }
+        Sibling { name, id, kind, port, outlet, carried: 0, published }
+    }
+
+    /// Counts a message the edge took.
+    #[inline(always)]
+    fn carried_one(&mut self) {
+        self.carried += 1;
+        self.published.store(self.carried, Ordering::Relaxed);
     }
 
     /// The output port the edge is attached to (see [`Ports`](crate::Ports)); `None` when it
@@ -479,6 +491,7 @@ impl<O: Send + 'static> Context<O> {
     fn deliver(sibling: &mut Sibling<O>, out: O, core: &Core, sent: &mut u64, tally: &mut Tally) -> Result<(), Error> {
         match sibling.outlet.send(out, tally.defer) {
             Ok(Sent::Now) => {
+                sibling.carried_one();
                 if sibling.kind == EdgeKind::Output {
                     tally.outputs += 1;
                     core.counters.outputs.store(tally.outputs, Ordering::Release);
@@ -486,6 +499,7 @@ impl<O: Send + 'static> Context<O> {
                 Ok(())
             }
             Ok(Sent::Deferred) => {
+                sibling.carried_one();
                 tally.deferred = true;
                 Ok(())
             }
@@ -522,6 +536,8 @@ impl<O: Send + 'static> Context<O> {
             if flushed.dropped > 0 {
                 self.sent -= flushed.dropped;
                 self.core.counters.sent.store(self.sent, Ordering::Release);
+                sibling.carried -= flushed.dropped;
+                sibling.published.store(sibling.carried, Ordering::Relaxed);
             }
             if let Some(kind) = flushed.refused {
                 error.get_or_insert_with(|| Error::new(kind, sibling.name.clone()));

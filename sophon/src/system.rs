@@ -11,6 +11,7 @@ use crossbeam_channel::Receiver;
 use uuid::Uuid;
 
 use crate::backend::Backend;
+use crate::context::EdgeKind;
 use sophon_graph::draw::Drawing;
 
 use crate::builder::{Checked, Graph, NewAgent, Node, SystemBuilder};
@@ -89,6 +90,26 @@ pub struct EntityReport {
     pub joined: bool,
 }
 
+/// What one edge carried: an edge between two entities, or one to an output. See
+/// [`System::edges`] and [`Report::edges`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EdgeReport {
+    /// The entity it leaves.
+    pub from: String,
+    /// The entity it reaches, or the output's name.
+    pub to: String,
+    /// A query edge, a read edge, or an output.
+    pub kind: EdgeKind,
+    /// Whether it was declared as closing an intended loop.
+    pub intended_loop: bool,
+    /// The output port it is attached to, if not the whole output.
+    pub port: Option<&'static str>,
+    /// Messages sent along it (a message deferred for want of room counts once it is sent, or
+    /// is taken back if it is given up).
+    pub sent: u64,
+}
+
 /// What a system did, returned by [`System::shutdown`] and [`System::join`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -101,6 +122,9 @@ pub struct Report {
     pub failures_dropped: u64,
     /// Whether the deadline passed before the system went idle, or before every agent ended.
     pub timed_out: bool,
+    /// Every edge between entities and to outputs at the end, with what it carried (those of
+    /// entities removed while the system ran are left out).
+    pub edges: Vec<EdgeReport>,
 }
 
 impl Report {
@@ -145,6 +169,15 @@ impl fmt::Display for Report {
                 f.write_str(", not joined")?;
             }
             writeln!(f)?;
+        }
+        for edge in &self.edges {
+            let arrow = match (edge.kind, edge.intended_loop) {
+                (EdgeKind::Read, _) => "~>",
+                (_, true) => "-> (loop)",
+                _ => "->",
+            };
+            let port = edge.port.map(|p| format!(".{p}")).unwrap_or_default();
+            writeln!(f, "{}{port} {arrow} {}: {} sent", edge.from, edge.to, edge.sent)?;
         }
         for failure in &self.failures {
             writeln!(f, "{failure}")?;
@@ -657,8 +690,9 @@ impl System {
 
     /// The system's graph now, as a [Mermaid](https://mermaid.js.org) flowchart: each entity
     /// with its figures so far (messages handled, messages queued, and its state once it is no
-    /// longer running), its edges (query edges solid, read edges dotted, loops thick, each
-    /// labelled with its output port if it has one) and its outputs (rounded). Paste it into a
+    /// longer running), its edges with the messages sent along each (query edges solid, read
+    /// edges dotted, loops thick, each labelled with its output port if it has one) and its
+    /// outputs (rounded). Paste it into a
     /// Markdown ` ```mermaid ` block. Entities removed are left out.
     ///
     /// # Examples
@@ -690,8 +724,8 @@ impl System {
     ///     n0[\"a<br/>handled 1<br/>queued 0\"]
     ///     n1[\"b<br/>handled 1<br/>queued 0\"]
     ///     n2([\"out\"])
-    ///     n0 --> n1
-    ///     n1 --> n2
+    ///     n0 -->|\"1 sent\"| n1
+    ///     n1 -->|\"1 sent\"| n2
     /// "
     /// );
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -704,6 +738,59 @@ impl System {
     /// draws it: `dot -Tsvg` makes a picture of it.
     pub fn dot(&self) -> String {
         self.drawing().dot()
+    }
+
+    /// Every edge between entities and to outputs, with the messages sent along it so far, in
+    /// the order they were added (edges between entities first).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sophon::{Backend, BoxError, Context, EdgeKind, SystemBuilder};
+    ///
+    /// struct Pass;
+    /// impl Backend for Pass {
+    ///     type Input = u32;
+    ///     type Output = u32;
+    ///     fn query(&mut self, n: u32, ctx: &mut Context<u32>) -> Result<(), BoxError> {
+    ///         Ok(ctx.send(n)?)
+    ///     }
+    /// }
+    ///
+    /// let mut builder = SystemBuilder::new();
+    /// let a = builder.entity("a", Pass);
+    /// let b = builder.entity("b", Pass);
+    /// builder.read_edge(&a, &b);
+    /// let out = builder.output(&a, "out");
+    /// let system = builder.spawn()?;
+    /// for n in 0..3 {
+    ///     system.handle(&a).query(n)?;
+    /// }
+    /// assert_eq!(out.iter().take(3).count(), 3);
+    /// let edges = system.edges();
+    /// assert_eq!((edges[0].to.as_str(), edges[0].kind, edges[0].sent), ("b", EdgeKind::Read, 3));
+    /// assert_eq!((edges[1].to.as_str(), edges[1].kind, edges[1].sent), ("out", EdgeKind::Output, 3));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn edges(&self) -> Vec<EdgeReport> {
+        let graph = &self.graph;
+        let between = graph.edges.iter().map(|e| EdgeReport {
+            from: graph.name(e.from).to_string(),
+            to: graph.name(e.to).to_string(),
+            kind: e.kind,
+            intended_loop: e.intended_loop,
+            port: e.port_name(),
+            sent: e.carried.load(Ordering::Relaxed),
+        });
+        let outputs = graph.outputs.iter().map(|o| EdgeReport {
+            from: graph.name(o.from).to_string(),
+            to: o.name.to_string(),
+            kind: EdgeKind::Output,
+            intended_loop: false,
+            port: o.port,
+            sent: o.carried.load(Ordering::Relaxed),
+        });
+        between.chain(outputs).collect()
     }
 
     fn drawing(&self) -> Drawing {
@@ -732,7 +819,8 @@ impl System {
                 _ => Drawn::Query,
             };
             let port = edge.port_name().map(str::to_string);
-            drawing.edges.push(Edge { from: place[edge.from], to: place[edge.to], kind, port, figures: Vec::new() });
+            let figures = vec![format!("{} sent", edge.carried.load(Ordering::Relaxed))];
+            drawing.edges.push(Edge { from: place[edge.from], to: place[edge.to], kind, port, figures });
         }
         let mut outputs: HashMap<&str, usize> = HashMap::new();
         for output in &graph.outputs {
@@ -745,7 +833,8 @@ impl System {
                 drawing.nodes.len() - 1
             });
             let port = output.port.map(str::to_string);
-            drawing.edges.push(Edge { from: place[output.from], to, kind: Drawn::Output, port, figures: Vec::new() });
+            let figures = vec![format!("{} sent", output.carried.load(Ordering::Relaxed))];
+            drawing.edges.push(Edge { from: place[output.from], to, kind: Drawn::Output, port, figures });
         }
         drawing
     }
@@ -1182,6 +1271,7 @@ impl System {
     fn report(&self, timed_out: bool, joined: &[bool]) -> Report {
         let entities = joined.iter().enumerate().map(|(index, &joined)| self.entity_report(index, joined)).collect();
         Report {
+            edges: self.edges(),
             entities,
             failures: self.shared.failures_rx.try_iter().collect(),
             failures_dropped: self.shared.failures_dropped.load(Ordering::Relaxed),

@@ -367,23 +367,23 @@ fn the_drawing_follows_the_running_graph() {
     assert_eq!(
         system.mermaid(),
         format!(
-            "flowchart LR\n    n0[\"person<br/>{figures}\"]\n    n1[\"model<br/>{figures}\"]\n    n2[\"log<br/>{figures}\"]\n    n0 --> n1\n    n1 ==>|\"loop\"| n0\n    n1 -.-> n2\n"
+            "flowchart LR\n    n0[\"person<br/>{figures}\"]\n    n1[\"model<br/>{figures}\"]\n    n2[\"log<br/>{figures}\"]\n    n0 -->|\"0 sent\"| n1\n    n1 ==>|\"loop 0 sent\"| n0\n    n1 -.->|\"0 sent\"| n2\n"
         )
     );
-    system
-        .extend(|b| {
-            b.output(&log, "out");
-        })
-        .unwrap();
-    assert!(
-        system
-            .mermaid()
-            .ends_with("    n3([\"out\"])\n    n0 --> n1\n    n1 ==>|\"loop\"| n0\n    n1 -.-> n2\n    n2 --> n3\n")
-    );
+    let out = system.extend(|b| b.output(&log, "out")).unwrap();
+    system.handle(&log).query(5).unwrap();
+    assert_eq!(out.recv_timeout(DEADLINE).unwrap(), 5);
+    let drawn = system.mermaid();
+    assert!(drawn.contains("    n3([\"out\"])\n"), "{drawn}");
+    assert!(drawn.ends_with("    n2 -->|\"1 sent\"| n3\n"), "{drawn}");
+    let edges = system.edges();
+    assert_eq!(edges.len(), 4);
+    assert_eq!((edges[3].from.as_str(), edges[3].to.as_str(), edges[3].sent), ("log", "out", 1));
+    assert!(edges[1].intended_loop);
     system.remove("log", DEADLINE).unwrap();
     assert_eq!(
         system.dot(),
-        "digraph {\n    rankdir=LR;\n    n0 [label=\"person\\nhandled 0\\nqueued 0\", shape=box];\n    n1 [label=\"model\\nhandled 0\\nqueued 0\", shape=box];\n    n0 -> n1 [label=\"\"];\n    n1 -> n0 [label=\"loop\", style=bold];\n}\n"
+        "digraph {\n    rankdir=LR;\n    n0 [label=\"person\\nhandled 0\\nqueued 0\", shape=box];\n    n1 [label=\"model\\nhandled 0\\nqueued 0\", shape=box];\n    n0 -> n1 [label=\"0 sent\"];\n    n1 -> n0 [label=\"loop 0 sent\", style=bold];\n}\n"
     );
     assert!(system.shutdown(DEADLINE).is_clean());
 }
