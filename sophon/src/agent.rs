@@ -443,6 +443,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
 
     /// Closes the open timing batch and publishes busy and maximum time.
     fn close_batch(&mut self) {
+        self.ctx.publish_carried();
         let counters = &self.core.counters;
         if self.timing.close() {
             counters.max_ticks.store(self.timing.max, Ordering::Relaxed);
@@ -655,6 +656,8 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
     }
 
     fn finish(mut self, end: EntityState) {
+        // What the `nop` and the last flush sent.
+        self.ctx.publish_carried();
         self.core.set_state(end);
         self.port.drain();
         let backend = std::mem::replace(&mut self.backend, vacant());

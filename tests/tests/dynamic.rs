@@ -373,6 +373,8 @@ fn the_drawing_follows_the_running_graph() {
     let out = system.extend(|b| b.output(&log, "out")).unwrap();
     system.handle(&log).query(5).unwrap();
     assert_eq!(out.recv_timeout(DEADLINE).unwrap(), 5);
+    // Published between batches: it may lag a moment behind the send.
+    common::wait_until(|| system.edges()[3].sent == 1);
     let drawn = system.mermaid();
     assert!(drawn.contains("    n3([\"out\"])\n"), "{drawn}");
     assert!(drawn.ends_with("    n2 -->|\"1 sent\"| n3\n"), "{drawn}");
@@ -386,4 +388,33 @@ fn the_drawing_follows_the_running_graph() {
         "digraph {\n    rankdir=LR;\n    n0 [label=\"person\\nhandled 0\\nqueued 0\", shape=box];\n    n1 [label=\"model\\nhandled 0\\nqueued 0\", shape=box];\n    n0 -> n1 [label=\"0 sent\"];\n    n1 -> n0 [label=\"loop 0 sent\", style=bold];\n}\n"
     );
     assert!(system.shutdown(DEADLINE).is_clean());
+}
+
+#[test]
+fn each_edge_counts_what_it_carried() {
+    const N: u32 = 10_000;
+    let mut b = SystemBuilder::new();
+    let source = b.entity("source", pass::<u32>());
+    let even =
+        b.entity("even", from_fn(|n: u32, ctx: &mut Context<u32>| if n % 2 == 0 { Ok(ctx.send(n)?) } else { Ok(()) }));
+    let log = b.entity("log", pass::<u32>());
+    let gone = b.entity("gone", pass::<u32>());
+    b.query_edge(&source, &even).read_edge(&source, &log).read_edge(&source, &gone);
+    let out = b.output(&even, "out");
+    let system = b.spawn().unwrap();
+    system.handle(&gone).stop().unwrap();
+    common::wait_until(|| system.handle(&gone).state().unwrap() != EntityState::Running);
+    for n in 0..N {
+        system.handle(&source).query(n).unwrap();
+    }
+    assert_eq!(out.iter().take(N as usize / 2).count(), N as usize / 2);
+    let report = system.shutdown(DEADLINE);
+    let sent: Vec<(&str, &str, u64)> = report.edges.iter().map(|e| (e.from.as_str(), e.to.as_str(), e.sent)).collect();
+    // What the stopped entity refused is not counted: it is the sender's error.
+    assert_eq!(
+        sent,
+        [("source", "even", 10_000), ("source", "log", 10_000), ("source", "gone", 0), ("even", "out", 5_000)]
+    );
+    assert_eq!(report.entity("source").unwrap().stats.errors, u64::from(N));
+    assert!(report.to_string().contains("source ~> log: 10000 sent"), "{report}");
 }
