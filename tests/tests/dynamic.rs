@@ -395,8 +395,10 @@ fn each_edge_counts_what_it_carried() {
     const N: u32 = 10_000;
     let mut b = SystemBuilder::new();
     let source = b.entity("source", pass::<u32>());
-    let even =
-        b.entity("even", from_fn(|n: u32, ctx: &mut Context<u32>| if n % 2 == 0 { Ok(ctx.send(n)?) } else { Ok(()) }));
+    let even = b.entity(
+        "even",
+        from_fn(|n: u32, ctx: &mut Context<u32>| if n.is_multiple_of(2) { Ok(ctx.send(n)?) } else { Ok(()) }),
+    );
     let log = b.entity("log", pass::<u32>());
     let gone = b.entity("gone", pass::<u32>());
     b.query_edge(&source, &even).read_edge(&source, &log).read_edge(&source, &gone);
