@@ -17,6 +17,7 @@ use crate::shared::Shared;
 
 /// The kind of an outgoing edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub enum EdgeKind {
     /// The sibling receives this agent's output as a query, and answers it.

@@ -45,6 +45,7 @@ pub(crate) struct SwapRequest<I, O> {
 
 /// Whether an entity is still taking messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum EntityState {
     /// The agent is running and takes messages.
     Running,
@@ -239,6 +240,7 @@ impl Core {
 ///
 /// [`Report`]: crate::Report
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
     /// Queries and reads the agent took from its queues.

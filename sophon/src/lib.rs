@@ -119,7 +119,9 @@ pub use crate::ports::{OutPort, Ports};
 pub use crate::reply::{AskError, Reply, ReplyError, ReplyErrorKind};
 pub use crate::restart::{FactoryOutput, Restart};
 pub use crate::shared::{Failure, PanicError};
-pub use crate::system::{DEFAULT_SHUTDOWN_DEADLINE, EdgeReport, EntityReport, Report, SHUTDOWN_GRACE, System};
+pub use crate::system::{
+    DEFAULT_SHUTDOWN_DEADLINE, EdgeReport, EntityReport, EntitySnapshot, Report, SHUTDOWN_GRACE, Snapshot, System,
+};
 #[doc(inline)]
 pub use sophon_macros::{Ports, agent_system, backend};
 

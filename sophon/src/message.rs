@@ -7,6 +7,7 @@ use std::fmt;
 /// Besides the five handlers, a failure can come from dropping a backend (`Drop`) or from
 /// restarting an entity (`Restart`: its factory failed, or the restart policy gave up).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub enum HandlerKind {
     /// [`Backend::query`](crate::Backend::query).

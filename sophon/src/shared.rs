@@ -204,6 +204,22 @@ pub struct Failure {
     pub panicked: bool,
 }
 
+/// A failure serializes as its entity, id, handler kind, message and whether it panicked: the
+/// error itself is a trait object.
+#[cfg(feature = "serde")]
+impl serde::Serialize for Failure {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("Failure", 5)?;
+        out.serialize_field("entity", &self.entity)?;
+        out.serialize_field("id", &self.id)?;
+        out.serialize_field("kind", &self.kind)?;
+        out.serialize_field("message", &self.message())?;
+        out.serialize_field("panicked", &self.panicked)?;
+        out.end()
+    }
+}
+
 impl Failure {
     /// The error's message, as its `Display` writes it.
     pub fn message(&self) -> String {

@@ -72,6 +72,7 @@ fn stop_groups(entities: usize, edges: &[(usize, usize)]) -> Vec<StopGroup> {
 
 /// What one entity did, as reported at shutdown.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct EntityReport {
     /// The entity's name.
@@ -90,9 +91,37 @@ pub struct EntityReport {
     pub joined: bool,
 }
 
+/// The figures of a running system, taken by [`System::snapshot`]: each entity's counters and
+/// each edge's messages, while messages flow. With the `serde` feature it serializes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// Each entity in the system now, in the order they were added.
+    pub entities: Vec<EntitySnapshot>,
+    /// Every edge between entities and to outputs (see [`System::edges`]).
+    pub edges: Vec<EdgeReport>,
+}
+
+/// One entity's figures in a [`Snapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct EntitySnapshot {
+    /// The entity's name.
+    pub name: String,
+    /// Its id.
+    pub id: Uuid,
+    /// Whether it is running, stopped or failed.
+    pub state: EntityState,
+    /// Its counters now, with what is queued for it.
+    pub stats: Stats,
+}
+
 /// What one edge carried: an edge between two entities, or one to an output. See
 /// [`System::edges`] and [`Report::edges`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct EdgeReport {
     /// The entity it leaves.
@@ -111,7 +140,11 @@ pub struct EdgeReport {
 }
 
 /// What a system did, returned by [`System::shutdown`] and [`System::join`].
+///
+/// With the `serde` feature it serializes (each failure as its entity, id, handler kind,
+/// message and whether it panicked).
 #[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Report {
     /// One report per entity, in the order the entities were added.
@@ -740,6 +773,49 @@ impl System {
     /// draws it: `dot -Tsvg` makes a picture of it.
     pub fn dot(&self) -> String {
         self.drawing().dot()
+    }
+
+    /// Every entity's counters and every edge's messages, now (entities removed are left out).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sophon::{Backend, BoxError, Context, SystemBuilder};
+    ///
+    /// struct Pass;
+    /// impl Backend for Pass {
+    ///     type Input = u32;
+    ///     type Output = u32;
+    ///     fn query(&mut self, n: u32, ctx: &mut Context<u32>) -> Result<(), BoxError> {
+    ///         Ok(ctx.send(n)?)
+    ///     }
+    /// }
+    ///
+    /// let mut builder = SystemBuilder::new();
+    /// let a = builder.entity("a", Pass);
+    /// let out = builder.output(&a, "out");
+    /// let system = builder.spawn()?;
+    /// system.handle(&a).query(7)?;
+    /// out.recv()?;
+    /// # while system.snapshot().entities[0].stats.handled < 1 { std::thread::yield_now(); }
+    /// let snapshot = system.snapshot();
+    /// assert_eq!((snapshot.entities[0].name.as_str(), snapshot.entities[0].stats.handled), ("a", 1));
+    /// assert_eq!(snapshot.edges[0].to, "out");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn snapshot(&self) -> Snapshot {
+        let graph = &self.graph;
+        let entities = graph
+            .ports
+            .iter()
+            .zip(&graph.removed)
+            .filter(|(_, removed)| !**removed)
+            .map(|(port, _)| {
+                let core = port.core();
+                EntitySnapshot { name: core.name.to_string(), id: core.id, state: core.state(), stats: port.stats() }
+            })
+            .collect();
+        Snapshot { entities, edges: self.edges() }
     }
 
     /// Every edge between entities and to outputs, with the messages sent along it so far, in

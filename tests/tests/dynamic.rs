@@ -420,3 +420,28 @@ fn each_edge_counts_what_it_carried() {
     assert_eq!(report.entity("source").unwrap().stats.errors, u64::from(N));
     assert!(report.to_string().contains("source ~> log: 10000 sent"), "{report}");
 }
+
+#[test]
+fn the_snapshot_and_the_report_serialize() {
+    let mut b = SystemBuilder::new();
+    let parse = b.entity("parse", from_fn(|s: String, ctx: &mut Context<u32>| Ok(ctx.send(s.parse::<u32>()?)?)));
+    let out = b.output(&parse, "out");
+    let system = b.spawn().unwrap();
+    system.handle(&parse).query("12".to_string()).unwrap();
+    system.handle(&parse).query("x".to_string()).unwrap();
+    assert_eq!(out.recv_timeout(DEADLINE).unwrap(), 12);
+    common::wait_until(|| system.snapshot().entities[0].stats.handled == 2);
+    let snapshot = serde_json::to_value(system.snapshot()).unwrap();
+    assert_eq!(snapshot["entities"][0]["name"], "parse");
+    assert_eq!(snapshot["entities"][0]["state"], "Running");
+    assert_eq!(snapshot["entities"][0]["stats"]["handled"], 2);
+    assert_eq!(snapshot["entities"][0]["stats"]["errors"], 1);
+    assert_eq!(snapshot["edges"][0]["kind"], "Output");
+    let report = serde_json::to_value(system.shutdown(DEADLINE)).unwrap();
+    assert_eq!(report["entities"][0]["state"], "Stopped");
+    assert_eq!(report["failures"][0]["entity"], "parse");
+    assert_eq!(report["failures"][0]["kind"], "Query");
+    assert_eq!(report["failures"][0]["message"], "invalid digit found in string");
+    assert_eq!(report["edges"][0]["sent"], 1);
+    assert_eq!(report["timed_out"], false);
+}
