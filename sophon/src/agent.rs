@@ -14,6 +14,7 @@ use crate::backend::{Backend, BoxBackend};
 use crate::context::{Context, Waiting};
 use crate::entity::{Core, EntityState, Envelope, Port};
 use crate::err::BoxError;
+use crate::latency::Histogram;
 use crate::message::HandlerKind;
 use crate::pool::{Runnable, Step};
 use crate::reply::{Asker, ReplyErrorKind};
@@ -122,13 +123,15 @@ impl Timing {
         self.pending >= self.stride
     }
 
-    /// Closes the open batch; returns whether the maximum grew.
-    fn close(&mut self) -> bool {
+    /// Closes the open batch; returns how long it took, its messages, and whether the maximum
+    /// grew (`None` if it had no message).
+    fn close(&mut self) -> Option<(u64, u32, bool)> {
         if self.pending == 0 {
-            return false;
+            return None;
         }
         let now = self.clock.raw();
         let took = now.saturating_sub(self.mark);
+        let n = self.pending;
         self.mark = now;
         self.pending = 0;
         self.busy += took;
@@ -139,7 +142,7 @@ impl Timing {
         }
         let grew = took > self.max;
         self.max = self.max.max(took);
-        grew
+        Some((took, n, grew))
     }
 }
 
@@ -445,8 +448,13 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
     fn close_batch(&mut self) {
         self.ctx.publish_carried();
         let counters = &self.core.counters;
-        if self.timing.close() {
-            counters.max_ticks.store(self.timing.max, Ordering::Relaxed);
+        if let Some((took, n, grew)) = self.timing.close() {
+            if grew {
+                counters.max_ticks.store(self.timing.max, Ordering::Relaxed);
+            }
+            // Each message of the batch at the batch's mean (one message, for slow handlers).
+            let handling = self.core.handling.get_or_init(|| Box::new(Histogram::new()));
+            handling.record(took / u64::from(n), n);
         }
         counters.busy_ticks.store(self.timing.busy, Ordering::Relaxed);
     }

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::backend::{Backend, BoxBackend};
 use crate::context::Context;
 use crate::err::{Error, ErrorKind, SendError};
+use crate::latency::{Histogram, Latency};
 use crate::pool::Task;
 use crate::reply::{AskError, Asker, Reply, ReplyErrorKind};
 use crate::shared::{CLOSING, OPEN, Shared};
@@ -114,6 +115,8 @@ pub(crate) struct Core {
     pub(crate) task: OnceLock<Arc<Task>>,
     /// Agents of the pool waiting for room in this entity's bounded queues.
     pub(crate) room: Room,
+    /// How long its handlers take, once it has handled a message.
+    pub(crate) handling: OnceLock<Box<Histogram>>,
 }
 
 /// Agents of the pool runtime waiting for room in a full bounded queue. They do not wait on
@@ -177,6 +180,7 @@ impl Core {
             counters: CachePadded::new(Counters::default()),
             task: OnceLock::new(),
             room: Room::default(),
+            handling: OnceLock::new(),
         }
     }
 
@@ -221,6 +225,7 @@ impl Core {
     fn stats(&self, queued: usize) -> Stats {
         let c = &self.counters;
         let clock = &self.shared.clock;
+        let max_ticks = c.max_ticks.load(Ordering::Relaxed);
         Stats {
             received: c.received.load(Ordering::Relaxed),
             handled: c.handled.load(Ordering::Relaxed),
@@ -231,7 +236,12 @@ impl Core {
             undelivered: c.undelivered.load(Ordering::Relaxed),
             queued: queued as u64,
             busy: Duration::from_nanos(clock.delta_as_nanos(0, c.busy_ticks.load(Ordering::Relaxed))),
-            max: Duration::from_nanos(clock.delta_as_nanos(0, c.max_ticks.load(Ordering::Relaxed))),
+            max: Duration::from_nanos(clock.delta_as_nanos(0, max_ticks)),
+            handling: self
+                .handling
+                .get()
+                .map(|h| h.latency(max_ticks, |ticks| Duration::from_nanos(clock.delta_as_nanos(0, ticks))))
+                .unwrap_or_default(),
         }
     }
 }
@@ -270,6 +280,9 @@ pub struct Stats {
     pub busy: Duration,
     /// The longest time one query or read took.
     pub max: Duration,
+    /// How long queries and reads take: the median, 90th and 99th percentiles (see
+    /// [`Latency`]).
+    pub handling: Latency,
 }
 
 /// One of an entity's two queues, as its senders see it.

@@ -445,3 +445,31 @@ fn the_snapshot_and_the_report_serialize() {
     assert_eq!(report["edges"][0]["sent"], 1);
     assert_eq!(report["timed_out"], false);
 }
+
+#[test]
+fn handling_times_are_reported_as_a_distribution() {
+    let mut b = SystemBuilder::new();
+    // Nine messages in ten take 200 us, one takes 5 ms.
+    let worker = b.entity_with(
+        "worker",
+        from_fn(|n: u32, _: &mut Context<u32>| {
+            let pause = if n % 10 == 9 { 5_000 } else { 200 };
+            std::thread::sleep(Duration::from_micros(pause));
+            Ok(())
+        }),
+        sophon::EntityOptions::new().thread(),
+    );
+    let system = b.spawn().unwrap();
+    assert_eq!(system.handle(&worker).stats().unwrap().handling, sophon::Latency::default());
+    for n in 0..100 {
+        system.handle(&worker).query(n).unwrap();
+    }
+    let report = system.shutdown(DEADLINE);
+    let stats = report.entity("worker").unwrap().stats;
+    let latency = stats.handling;
+    assert_eq!(stats.handled, 100);
+    assert!(latency.p50 >= Duration::from_micros(200) && latency.p50 < Duration::from_millis(5), "{latency:?}");
+    assert!(latency.p99 >= Duration::from_millis(5) && latency.p99 <= stats.max, "{latency:?} {:?}", stats.max);
+    assert!(latency.p50 <= latency.p90 && latency.p90 <= latency.p99, "{latency:?}");
+    assert!(report.to_string().contains(&format!("p99 {:?}", latency.p99)), "{report}");
+}
