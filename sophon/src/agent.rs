@@ -55,6 +55,7 @@ pub(crate) struct Agent<I, O> {
     restarts: u64,
     activations: u64,
     activations_done: u64,
+    max_queued: u64,
 }
 
 /// What an entity holds between dropping a backend that panicked and getting the next one from
@@ -201,6 +202,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             restarts: 0,
             activations: 0,
             activations_done: 0,
+            max_queued: 0,
         }
     }
 
@@ -291,6 +293,8 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 return Err(state);
             }
         }
+        // The turn's budget ran out with messages still queued.
+        self.note_depth();
         self.close_batch();
         Ok(Step::Yield)
     }
@@ -444,6 +448,16 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         Flow::Continue
     }
 
+    /// Notes how many messages wait in the queues now, if more than ever before.
+    #[cold]
+    fn note_depth(&mut self) {
+        let depth = (self.queries.len() + self.inbox.len()) as u64;
+        if depth > self.max_queued {
+            self.max_queued = depth;
+            self.core.counters.max_queued.store(depth, Ordering::Relaxed);
+        }
+    }
+
     /// Closes the open timing batch and publishes busy and maximum time.
     fn close_batch(&mut self) {
         self.ctx.publish_carried();
@@ -484,7 +498,11 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             HandlerKind::Read => backend.read(body, ctx),
             _ => backend.query(body, ctx),
         }));
-        if self.timing.handled_one() || result.is_err() {
+        if self.timing.handled_one() {
+            // A full batch: the agent is working through a backlog, whose depth is noted.
+            self.note_depth();
+            self.close_batch();
+        } else if result.is_err() {
             self.close_batch();
         }
         match result {

@@ -99,6 +99,8 @@ pub(crate) struct Counters {
     /// Runs of `start` and timer handlers begun, and ended; see `System::quiescent`.
     pub(crate) activations: AtomicU64,
     pub(crate) activations_done: AtomicU64,
+    /// The deepest the queues were seen (see `Stats::max_queued`).
+    pub(crate) max_queued: AtomicU64,
 }
 
 /// The untyped part of an entity, shared by its agent, its siblings, its handles and the system.
@@ -235,6 +237,7 @@ impl Core {
             restarts: c.restarts.load(Ordering::Relaxed),
             undelivered: c.undelivered.load(Ordering::Relaxed),
             queued: queued as u64,
+            max_queued: c.max_queued.load(Ordering::Relaxed).max(queued as u64),
             busy: Duration::from_nanos(clock.delta_as_nanos(0, c.busy_ticks.load(Ordering::Relaxed))),
             max: Duration::from_nanos(clock.delta_as_nanos(0, max_ticks)),
             handling: self
@@ -276,6 +279,10 @@ pub struct Stats {
     /// is counted as undelivered). A bounded entity holds at most its capacity in each of its
     /// two queues.
     pub queued: u64,
+    /// The most messages seen waiting in its queues at once: noted whenever the agent works
+    /// through a backlog (after every batch of messages it takes without its queues running
+    /// dry), and never less than what is queued now.
+    pub max_queued: u64,
     /// Total time spent handling queries and reads.
     pub busy: Duration,
     /// The longest time one query or read took.

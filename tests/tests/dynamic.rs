@@ -473,3 +473,32 @@ fn handling_times_are_reported_as_a_distribution() {
     assert!(latency.p50 <= latency.p90 && latency.p90 <= latency.p99, "{latency:?}");
     assert!(report.to_string().contains(&format!("p99 {:?}", latency.p99)), "{report}");
 }
+
+#[test]
+fn the_deepest_queue_is_remembered() {
+    let (open, gate) = crossbeam_channel::bounded::<()>(1);
+    let mut b = SystemBuilder::new();
+    // Waits at the gate on its first message: the rest pile up behind it.
+    let mut first = true;
+    let slow = b.entity_with(
+        "slow",
+        from_fn(move |_: u32, _: &mut Context<u32>| {
+            if std::mem::take(&mut first) {
+                gate.recv()?;
+            }
+            Ok(())
+        }),
+        sophon::EntityOptions::new().thread(),
+    );
+    let system = b.spawn().unwrap();
+    for n in 0..1_000 {
+        system.handle(&slow).query(n).unwrap();
+    }
+    common::wait_until(|| system.handle(&slow).stats().unwrap().received == 1);
+    assert_eq!(system.handle(&slow).stats().unwrap().max_queued, 999, "what is queued now, at least");
+    open.send(()).unwrap();
+    let report = system.shutdown(DEADLINE);
+    let stats = report.entity("slow").unwrap().stats;
+    assert_eq!((stats.handled, stats.queued), (1_000, 0));
+    assert!(stats.max_queued >= 990, "{stats:?}");
+}
