@@ -467,8 +467,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 counters.max_ticks.store(self.timing.max, Ordering::Relaxed);
             }
             // Each message of the batch at the batch's mean (one message, for slow handlers).
-            let handling = self.core.handling.get_or_init(|| Box::new(Histogram::new()));
-            handling.record(took / u64::from(n), n);
+            self.core.handling.get_or_init(|| Box::new(Histogram::new())).record(took, n);
         }
         counters.busy_ticks.store(self.timing.busy, Ordering::Relaxed);
     }
