@@ -287,6 +287,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 {
                     return Ok(step);
                 }
+                self.ctx.publish_carried();
                 return Ok(Step::Idle(self.ctx.next_deadline()));
             };
             if let Next::End(state) = self.dispatch(incoming) {
@@ -417,6 +418,8 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 return Some(incoming);
             }
         }
+        // About to sleep: what the edges carried is published now, exactly.
+        self.ctx.publish_carried();
         let (queries, inbox) = (&self.queries, &self.inbox);
         // The port keeps a sender of each queue, so neither ever disconnects.
         const KEPT: &str = "the port keeps a sender of each queue";
@@ -460,7 +463,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
 
     /// Closes the open timing batch and publishes busy and maximum time.
     fn close_batch(&mut self) {
-        self.ctx.publish_carried();
+        self.ctx.publish_carried_now_and_then();
         let counters = &self.core.counters;
         if let Some((took, n, grew)) = self.timing.close() {
             if grew {

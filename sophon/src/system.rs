@@ -827,8 +827,9 @@ impl System {
 
     /// Every edge between entities and to outputs, with the messages sent along it so far, in
     /// the order they were added (edges between entities first). An agent publishes its edges'
-    /// counts between batches of messages, so a count read while it works can lag by the batch
-    /// it is in (a microsecond's worth); the shutdown report's ([`Report::edges`]) are exact.
+    /// counts when it goes idle and every 64 batches of messages while it is busy, so a count
+    /// read while it works can lag a little; once it is idle they are exact, as the shutdown
+    /// report's ([`Report::edges`]) are.
     ///
     /// # Examples
     ///
