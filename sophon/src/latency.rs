@@ -24,8 +24,9 @@ pub(crate) struct Histogram {
 /// The handling time of an entity's messages at three quantiles (see [`Stats::handling`]).
 /// Each is the upper end of the histogram bucket it falls in, within 25% of the true value and
 /// never above the longest handler ([`Stats::max`]). Handlers under a microsecond are timed in
-/// batches of up to 64 (see `Timing` in the agent), so theirs are batch means; slower ones are
-/// timed one by one. All zero before the entity handles its first message.
+/// batches of up to 64 (see `Timing` in the agent), so theirs are batch means, and one such
+/// batch in 16 is recorded for the others; slower ones are timed and recorded one by one. All
+/// zero before the entity handles its first message.
 ///
 /// [`Stats::handling`]: crate::Stats::handling
 /// [`Stats::max`]: crate::Stats::max
@@ -73,14 +74,14 @@ impl Histogram {
         Histogram { counts: std::array::from_fn(|_| AtomicU32::new(0)) }
     }
 
-    /// Counts `n` messages that took `ticks` in all, each at the mean. Only the entity's agent
-    /// calls this, once per batch.
+    /// Counts `n` messages that took `ticks` in all, each at the mean, `weight` times (a
+    /// sampled batch stands for the ones not recorded). Only the entity's agent calls this.
     #[inline]
-    pub(crate) fn record(&self, ticks: u64, n: u32) {
+    pub(crate) fn record(&self, ticks: u64, n: u32, weight: u32) {
         // A batch of one, the common case of a graph in lockstep, needs no division.
         let each = if n == 1 { ticks } else { ticks / u64::from(n) };
         let slot = &self.counts[bucket(each)];
-        slot.store(slot.load(Ordering::Relaxed).saturating_add(n), Ordering::Relaxed);
+        slot.store(slot.load(Ordering::Relaxed).saturating_add(n.saturating_mul(weight)), Ordering::Relaxed);
     }
 
     /// The values at `quantiles` (each in 0..=1, ascending), in ticks, none above `max`.
@@ -136,10 +137,10 @@ mod tests {
     fn quantiles_of_a_known_mix() {
         let histogram = Histogram::new();
         // 900 messages of 1,000 ticks, 90 of 10,000 and 10 of 1,000,000.
-        histogram.record(1_000 * 900, 900);
-        histogram.record(10_000 * 90, 90);
-        histogram.record(1_000_000, 1);
-        histogram.record(1_000_000 * 9, 9);
+        histogram.record(1_000 * 100, 100, 9);
+        histogram.record(10_000 * 90, 90, 1);
+        histogram.record(1_000_000, 1, 1);
+        histogram.record(1_000_000 * 9, 9, 1);
         let [p50, p90, p99, p999] = histogram.quantiles([0.5, 0.9, 0.99, 0.999], 1_000_000);
         assert!((1_000..=1_250).contains(&p50), "{p50}");
         assert!((1_000..=1_250).contains(&p90), "{p90}");
