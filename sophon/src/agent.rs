@@ -58,6 +58,9 @@ pub(crate) struct Agent<I, O> {
     max_queued: u64,
     /// Batches under a microsecond since one was last recorded in the handling histogram.
     fast_batches: u32,
+    /// Full batches (and pool turns that ran out of budget): every `DEPTH_EVERY`th notes the
+    /// queues' depth.
+    full_batches: u32,
 }
 
 /// What an entity holds between dropping a backend that panicked and getting the next one from
@@ -101,6 +104,9 @@ struct Timing {
 }
 
 const MAX_STRIDE: u32 = 64;
+
+/// One in this many full batches notes the depth of the agent's queues (see `Stats::max_queued`).
+const DEPTH_EVERY: u32 = 16;
 
 /// One in this many batches under a microsecond is recorded in the handling histogram, weighted
 /// to stand for the others.
@@ -212,6 +218,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             // The first fast batch is recorded, so that an entity that handled anything has a
             // distribution.
             fast_batches: FAST_SAMPLE - 1,
+            full_batches: DEPTH_EVERY - 1,
         }
     }
 
@@ -303,8 +310,11 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 return Err(state);
             }
         }
-        // The turn's budget ran out with messages still queued.
-        self.note_depth();
+        // The turn's budget ran out with messages still queued: a backlog, noted now and then.
+        self.full_batches = self.full_batches.wrapping_add(1);
+        if self.full_batches.is_multiple_of(DEPTH_EVERY) {
+            self.note_depth();
+        }
         self.close_batch();
         Ok(Step::Yield)
     }
@@ -432,7 +442,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         let (queries, inbox) = (&self.queries, &self.inbox);
         // The port keeps a sender of each queue, so neither ever disconnects.
         const KEPT: &str = "the port keeps a sender of each queue";
-        match self.ctx.next_deadline() {
+        let incoming = match self.ctx.next_deadline() {
             None => crossbeam_channel::select! {
                 recv(queries) -> body => Some(Incoming::Query(body.expect(KEPT))),
                 recv(inbox) -> env => Some(Incoming::Envelope(env.expect(KEPT))),
@@ -442,7 +452,8 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 recv(inbox) -> env => Some(Incoming::Envelope(env.expect(KEPT))),
                 default(deadline.saturating_duration_since(Instant::now())) => None,
             },
-        }
+        };
+        incoming
     }
 
     /// Handles the queries of query edges that were queued before the stop or swap the inbox
@@ -520,8 +531,12 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             _ => backend.query(body, ctx),
         }));
         if self.timing.handled_one() {
-            // A full batch: the agent is working through a backlog, whose depth is noted.
-            self.note_depth();
+            // A full batch: the agent is working through a backlog, whose depth is noted now
+            // and then (reading a queue's length touches the cache lines its senders write).
+            self.full_batches = self.full_batches.wrapping_add(1);
+            if self.full_batches.is_multiple_of(DEPTH_EVERY) {
+                self.note_depth();
+            }
             self.close_batch();
         } else if result.is_err() {
             self.close_batch();

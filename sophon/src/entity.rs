@@ -279,9 +279,9 @@ pub struct Stats {
     /// is counted as undelivered). A bounded entity holds at most its capacity in each of its
     /// two queues.
     pub queued: u64,
-    /// The most messages seen waiting in its queues at once: noted whenever the agent works
-    /// through a backlog (after every batch of messages it takes without its queues running
-    /// dry), and never less than what is queued now.
+    /// The most messages seen waiting in its queues at once: noted now and then while the
+    /// agent works through a backlog (every 16th batch of messages it takes without its queues
+    /// running dry), and never less than what is queued now.
     pub max_queued: u64,
     /// Total time spent handling queries and reads.
     pub busy: Duration,
