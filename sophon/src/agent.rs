@@ -442,7 +442,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         let (queries, inbox) = (&self.queries, &self.inbox);
         // The port keeps a sender of each queue, so neither ever disconnects.
         const KEPT: &str = "the port keeps a sender of each queue";
-        let incoming = match self.ctx.next_deadline() {
+        match self.ctx.next_deadline() {
             None => crossbeam_channel::select! {
                 recv(queries) -> body => Some(Incoming::Query(body.expect(KEPT))),
                 recv(inbox) -> env => Some(Incoming::Envelope(env.expect(KEPT))),
@@ -452,8 +452,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 recv(inbox) -> env => Some(Incoming::Envelope(env.expect(KEPT))),
                 default(deadline.saturating_duration_since(Instant::now())) => None,
             },
-        };
-        incoming
+        }
     }
 
     /// Handles the queries of query edges that were queued before the stop or swap the inbox
