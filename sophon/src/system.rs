@@ -626,14 +626,16 @@ impl System {
         let inner: Vec<(usize, usize)> =
             self.graph.edges.iter().filter_map(|e| Some((*local.get(&e.from)?, *local.get(&e.to)?))).collect();
         let groups = stop_groups(set.len(), &inner);
-        let mut all_ended = self.stop_set(&set, &groups, until.max(Instant::now() + ORDER_GRACE));
+        let mut stopped = vec![false; set.len()];
+        let order_by = until.max(Instant::now() + ORDER_GRACE);
+        let mut all_ended = self.stop_set(&set, &groups, &mut stopped, None, order_by);
         if !all_ended {
             // Past the deadline: what is queued is undelivered, and each gets its `Nop` now.
             for &index in &set {
                 self.graph.ports[index].drain();
             }
             let everyone = [StopGroup { members: (0..set.len()).collect(), upstream: Vec::new() }];
-            all_ended = self.stop_set(&set, &everyone, Instant::now() + STRAGGLER_GRACE);
+            all_ended = self.stop_set(&set, &everyone, &mut stopped, None, Instant::now() + STRAGGLER_GRACE);
         }
 
         // 3. Their threads end; their names and edges go.
@@ -660,10 +662,19 @@ impl System {
     }
 
     /// Stops the entities `set`, grouped by `groups` (of places in `set`), each group once the
-    /// groups upstream of it have ended; returns whether all ended by `by`.
-    fn stop_set(&self, set: &[usize], groups: &[StopGroup], by: Instant) -> bool {
+    /// groups upstream of it have ended; returns whether all ended by `by`. `stopped` says, by
+    /// place, which have their `Nop` already. Once `deadline` passes (if given), sends waiting
+    /// for room give up. Each pass looks at the groups still running only, so that a million
+    /// independent entities stop in time linear in their number.
+    fn stop_set(
+        &self,
+        set: &[usize],
+        groups: &[StopGroup],
+        stopped: &mut [bool],
+        deadline: Option<Instant>,
+        by: Instant,
+    ) -> bool {
         let ended = |place: usize| self.graph.ports[set[place]].core().ended.load(Ordering::Acquire);
-        let mut stopped = vec![false; set.len()];
         let mut done = vec![false; groups.len()];
         let mut left: Vec<usize> = (0..groups.len()).collect();
         loop {
@@ -695,10 +706,16 @@ impl System {
                 }
             }
             let now = Instant::now();
+            if deadline.is_some_and(|deadline| now >= deadline) {
+                self.shared.expired.store(true, Ordering::SeqCst);
+            }
             if now >= by {
                 return false;
             }
-            let wait = if pending { (by - now).min(Duration::from_millis(1)) } else { by - now };
+            let mut wait = if pending { (by - now).min(Duration::from_millis(1)) } else { by - now };
+            if let Some(deadline) = deadline.filter(|&deadline| now < deadline) {
+                wait = wait.min(deadline - now);
+            }
             if all_sent && !pending {
                 // Every one has its `Nop`: wait until as many agents have ended as are left.
                 self.shared.wait_for_live(wait, live.saturating_sub(running));
@@ -1248,58 +1265,10 @@ impl System {
     /// [`shutdown`](Self::shutdown)). Returns whether every agent ended by `stop_by`; once
     /// `deadline` passes, waits for room give up.
     fn stop_in_order(&self, stopped: &mut [bool], deadline: Instant, stop_by: Instant) -> bool {
-        let ended = |m: &usize| self.graph.ports[*m].core().ended.load(Ordering::Acquire);
-        // Groups whose members have all ended, and those left to look at: each pass looks at
-        // the groups still running only, so that a million independent entities stop in time
-        // linear in their number.
         let edges: Vec<_> = self.graph.edges.iter().map(|e| (e.from, e.to)).collect();
         let groups = stop_groups(self.graph.ports.len(), &edges);
-        let mut done = vec![false; groups.len()];
-        let mut left: Vec<usize> = (0..groups.len()).collect();
-        loop {
-            let live = self.shared.signal().live_agents;
-            left.retain(|&g| {
-                done[g] = groups[g].members.iter().all(ended);
-                !done[g]
-            });
-            if left.is_empty() {
-                return true;
-            }
-            let mut pending = false;
-            let mut all_sent = true;
-            for &g in &left {
-                let group = &groups[g];
-                if group.upstream.iter().all(|&u| done[u]) {
-                    for &m in &group.members {
-                        // A `Nop` that finds a full bounded inbox is tried again on the next pass.
-                        stopped[m] = stopped[m] || self.graph.ports[m].try_stop();
-                        pending |= !stopped[m];
-                    }
-                } else {
-                    all_sent = false;
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                self.shared.expired.store(true, Ordering::SeqCst);
-            }
-            if now >= stop_by {
-                return false;
-            }
-            let mut wait = stop_by - now;
-            if pending {
-                wait = wait.min(Duration::from_millis(1));
-            }
-            if now < deadline {
-                wait = wait.min(deadline - now);
-            }
-            if all_sent && !pending {
-                // Every entity has its `Nop`: only their ends are left to wait for.
-                self.shared.wait_while(Some(wait), false, |s| s.live_agents > 0);
-            } else {
-                self.shared.wait_while(Some(wait), true, |s| s.live_agents == live);
-            }
-        }
+        let everyone: Vec<usize> = (0..self.graph.ports.len()).collect();
+        self.stop_set(&everyone, &groups, stopped, Some(deadline), stop_by)
     }
 
     /// Sends `Nop` to every agent still running, at once, and waits until `by` for them to end.

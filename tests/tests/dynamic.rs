@@ -8,7 +8,8 @@ use std::time::Duration;
 use common::{from_fn, pass};
 use sophon::crossbeam_channel;
 use sophon::{
-    Backend, BoxError, BuildProblem, Context, EdgeKind, EntityOptions, EntityState, ErrorKind, Runtime, SystemBuilder,
+    Backend, BoxError, BuildProblem, Context, EdgeKind, EntityOptions, EntityState, ErrorKind, Node, Runtime,
+    SystemBuilder,
 };
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -220,14 +221,27 @@ impl Backend for Batcher {
     }
 }
 
-#[test]
-fn a_removed_entity_handles_what_was_queued_and_its_nop_reaches_downstream() {
-    let mut b = SystemBuilder::new();
+/// The nodes of `source -> batcher -> sink`, whose sink tells the size of each batch.
+struct Batching {
+    source: Node<u32, u32>,
+    batcher: Node<u32, Vec<u32>>,
+    sink: Node<Vec<u32>, usize>,
+    sizes: crossbeam_channel::Receiver<usize>,
+}
+
+fn batching(b: &mut SystemBuilder) -> Batching {
     let source = b.entity("source", pass::<u32>());
     let batcher = b.entity("batcher", Batcher(Vec::new()));
     let sink = b.entity("sink", from_fn(|batch: Vec<u32>, ctx: &mut Context<usize>| Ok(ctx.send(batch.len())?)));
     b.query_edge(&source, &batcher).query_edge(&batcher, &sink);
     let sizes = b.output(&sink, "sizes");
+    Batching { source, batcher, sink, sizes }
+}
+
+#[test]
+fn a_removed_entity_handles_what_was_queued_and_its_nop_reaches_downstream() {
+    let mut b = SystemBuilder::new();
+    let Batching { source, batcher, sink, sizes } = batching(&mut b);
     let source_out = b.output(&source, "source");
     let mut system = b.spawn().unwrap();
     for n in 0..25 {
@@ -301,11 +315,7 @@ fn a_system_declared_with_the_macro_can_be_extended() {
 #[test]
 fn entities_removed_together_stop_in_graph_order_among_them() {
     let mut b = SystemBuilder::new();
-    let source = b.entity("source", pass::<u32>());
-    let batcher = b.entity("batcher", Batcher(Vec::new()));
-    let sink = b.entity("sink", from_fn(|batch: Vec<u32>, ctx: &mut Context<usize>| Ok(ctx.send(batch.len())?)));
-    b.query_edge(&source, &batcher).query_edge(&batcher, &sink);
-    let sizes = b.output(&sink, "sizes");
+    let Batching { source, sizes, .. } = batching(&mut b);
     let mut system = b.spawn().unwrap();
     for n in 0..25 {
         system.handle(&source).query(n).unwrap();
