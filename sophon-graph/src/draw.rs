@@ -13,6 +13,8 @@ pub enum NodeKind {
     Group,
     /// An output: a channel out of the system.
     Output,
+    /// An entity served by replicas, each drawn as an entity it points to.
+    Replicated,
 }
 
 /// What an edge is.
@@ -26,6 +28,8 @@ pub enum EdgeKind {
     Loop,
     /// `a -> output(name)`
     Output,
+    /// From a replicated entity to one of its replicas.
+    Replica,
 }
 
 /// One node: its name and, under it, lines of figures (live ones, for a running system).
@@ -78,7 +82,8 @@ fn edge_label(edge: &Edge) -> Vec<String> {
 
 impl Drawing {
     /// The graph as a Mermaid flowchart, left to right: entities as boxes, groups as stacked
-    /// boxes, outputs as rounded ones; query edges solid, read edges dotted, loops thick.
+    /// boxes, outputs as rounded ones, replicated entities as hexagons; query edges solid, read
+    /// edges dotted, loops thick, a replicated entity's edges to its replicas ending in a circle.
     pub fn mermaid(&self) -> String {
         let mut out = String::from("flowchart LR\n");
         for (i, node) in self.nodes.iter().enumerate() {
@@ -91,6 +96,7 @@ impl Drawing {
                 NodeKind::Entity => ("[", "]"),
                 NodeKind::Group => ("[[", "]]"),
                 NodeKind::Output => ("([", "])"),
+                NodeKind::Replicated => ("{{", "}}"),
             };
             let _ = writeln!(out, "    n{i}{open}\"{label}\"{close}");
         }
@@ -99,6 +105,7 @@ impl Drawing {
                 EdgeKind::Query | EdgeKind::Output => "-->",
                 EdgeKind::Read => "-.->",
                 EdgeKind::Loop => "==>",
+                EdgeKind::Replica => "--o",
             };
             let label = edge_label(edge);
             if label.is_empty() {
@@ -125,6 +132,7 @@ impl Drawing {
                 NodeKind::Entity => "shape=box",
                 NodeKind::Group => "shape=box3d",
                 NodeKind::Output => "shape=box, style=rounded",
+                NodeKind::Replicated => "shape=hexagon",
             };
             let _ = writeln!(out, "    n{i} [label=\"{label}\", {shape}];");
         }
@@ -133,6 +141,7 @@ impl Drawing {
                 EdgeKind::Query | EdgeKind::Output => "",
                 EdgeKind::Read => ", style=dashed",
                 EdgeKind::Loop => ", style=bold",
+                EdgeKind::Replica => ", style=dotted, arrowhead=odot",
             };
             let label = edge_label(edge).iter().map(|l| dot_text(l)).collect::<Vec<_>>().join(" ");
             let _ = writeln!(out, "    n{} -> n{} [label=\"{label}\"{style}];", edge.from, edge.to);

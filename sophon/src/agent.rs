@@ -17,6 +17,7 @@ use crate::err::BoxError;
 use crate::latency::Histogram;
 use crate::message::HandlerKind;
 use crate::pool::{Runnable, Step};
+use crate::replicas::{Routed, reroute};
 use crate::reply::{Asker, ReplyErrorKind};
 use crate::restart::{FactoryFailed, Supervisor};
 use crate::shared::{Failure, PanicError};
@@ -226,6 +227,11 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         &self.core
     }
 
+    /// Gives the agent another backend before it starts (a replicated entity's front).
+    pub(crate) fn replace_backend(&mut self, backend: BoxBackend<I, O>) {
+        self.backend = backend;
+    }
+
     /// Whether the backend says it blocks (see [`Backend::blocking`]).
     pub(crate) fn blocking(&self) -> bool {
         self.backend.blocking()
@@ -354,6 +360,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 let (body, asker) = *ask;
                 self.handle_ask(body, asker)
             }
+            Incoming::Envelope(Envelope::Routed(routed)) => self.handle_routed(*routed),
             Incoming::Envelope(Envelope::Nop) => {
                 let flow = self.catch_up();
                 self.close_batch();
@@ -574,6 +581,42 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         if let Some(asker) = self.ctx.asker.take() {
             asker.finish();
         }
+        flow
+    }
+
+    /// Handles a query (or ask) routed here as a replica, and tells its sender how it went; or,
+    /// if this replica has been culled since, passes it on to another.
+    #[inline(never)]
+    fn handle_routed(&mut self, routed: Routed<I, O>) -> Flow {
+        if routed.ticket.should_reroute() {
+            match reroute(routed) {
+                Ok(()) => {
+                    self.core.counters.rerouted.fetch_add(1, Ordering::AcqRel);
+                    return Flow::Continue;
+                }
+                // No other replica takes it after all: handled here.
+                Err(routed) => return self.handle_routed_here(routed),
+            }
+        }
+        self.handle_routed_here(routed)
+    }
+
+    fn handle_routed_here(&mut self, routed: Routed<I, O>) -> Flow {
+        let Routed { body, asker, ticket } = routed;
+        let (errors, panics) = (self.errors, self.panics);
+        let spare = ticket.spare(&body, asker.is_some());
+        let flow = match asker {
+            Some(asker) => self.handle_ask(body, asker),
+            None => self.handle(HandlerKind::Query, body),
+        };
+        let panicked = self.panics != panics;
+        if panicked
+            && let Some(body) = spare
+            && ticket.retry(body)
+        {
+            self.core.counters.rerouted.fetch_add(1, Ordering::AcqRel);
+        }
+        ticket.complete(self.errors == errors && !panicked);
         flow
     }
 

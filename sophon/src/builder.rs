@@ -4,8 +4,8 @@ use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::agent::{Agent, vacant};
 use crate::backend::{BoxBackend, IntoBackend};
@@ -16,6 +16,7 @@ use crate::entity::{Core, EntityState, Envelope, ErasedPort, Port, Visit};
 use crate::err::BuildProblem;
 use crate::pool::{Runnable, Runtime};
 use crate::ports::{OutPort, Ports};
+use crate::replicas::{BroadcastOutlet, ErasedSet, Front, Ranking, ReplicaSet, RouteOutlet};
 use crate::restart::{Factory, FactoryOutput, Restart, Supervisor, boxed_factory};
 use crate::shared::Shared;
 
@@ -205,6 +206,10 @@ pub(crate) struct Graph {
     pub(crate) edges: Vec<EdgeSpec>,
     /// Every edge to an output, for drawing the graph.
     pub(crate) outputs: Vec<OutputSpec>,
+    /// The replicated entities: the index of each one's front, and its replicas.
+    pub(crate) sets: Vec<(usize, Arc<dyn ErasedSet>)>,
+    /// Saved rankings the replicated entities start from (see [`SystemBuilder::rankings`]).
+    pub(crate) seeds: Arc<Mutex<Vec<Ranking>>>,
 }
 
 /// An edge from an entity to an output.
@@ -234,6 +239,7 @@ impl Graph {
         self.removed.truncate(entities);
         self.edges.truncate(edges);
         self.outputs.truncate(outputs);
+        self.sets.retain(|(front, _)| *front < entities);
         self.names.retain(|_, index| *index < entities);
     }
 }
@@ -498,6 +504,143 @@ impl SystemBuilder {
         (0..size).map(|i| self.entity_with(&member_name(name, i), member(i), options)).collect()
     }
 
+    /// Adds an entity served by several backends, its *replicas*: each runs as an agent of its
+    /// own (named `name/0`, `name/1`, ...), and the entity keeps one name, one id and one typed
+    /// handle. Each query sent to it (by an edge, or a handle) goes to one replica, the one its
+    /// sender measures cheapest (peak-EWMA latency times messages in flight, by power of two
+    /// choices); each read goes to every running replica, so that replicas keep the same state.
+    /// A replica that keeps failing, or stays far slower than the others, is culled and probed
+    /// until it recovers; what was queued at it goes to the others. The replicas may be of
+    /// different backend types (box them: [`BoxBackend`]); they share the entity's input and
+    /// output types. Edges from the entity are edges from every replica.
+    ///
+    /// Each relationship's ranking of the replicas is in the report
+    /// ([`Report::rankings`](crate::Report::rankings)); start a later system from it with
+    /// [`rankings`](Self::rankings). A replica's own handle (see
+    /// [`Handle::replicas`](crate::Handle::replicas)) swaps its backend or stops it alone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sophon::{Backend, BoxBackend, BoxError, Context, SystemBuilder};
+    ///
+    /// /// Answers after `self.0` milliseconds.
+    /// struct Model(u64);
+    /// impl Backend for Model {
+    ///     type Input = String;
+    ///     type Output = String;
+    ///     fn query(&mut self, prompt: String, ctx: &mut Context<String>) -> Result<(), BoxError> {
+    ///         std::thread::sleep(Duration::from_millis(self.0));
+    ///         Ok(ctx.send(prompt.to_uppercase())?)
+    ///     }
+    /// }
+    ///
+    /// let mut builder = SystemBuilder::new();
+    /// let backends: Vec<BoxBackend<String, String>> = vec![Box::new(Model(1)), Box::new(Model(20))];
+    /// let model = builder.replicas("model", backends);
+    /// let out = builder.output(&model, "out");
+    /// let system = builder.spawn()?;
+    /// let handle = system.handle(&model);
+    /// for i in 0..50 {
+    ///     handle.query(format!("q{i}"))?;
+    ///     out.recv()?;
+    /// }
+    /// // Most went to the fast replica.
+    /// let report = system.shutdown(Duration::from_secs(5));
+    /// let (fast, slow) = (report.entity("model/0").unwrap(), report.entity("model/1").unwrap());
+    /// assert!(fast.stats.handled > slow.stats.handled);
+    /// assert_eq!(report.rankings[0].best().unwrap().name, "model/0");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn replicas<B>(&mut self, name: &str, backends: impl IntoIterator<Item = B>) -> Node<B::Input, B::Output>
+    where
+        B: IntoBackend,
+        B::Input: Clone,
+    {
+        self.replicas_with(name, backends, EntityOptions::new())
+    }
+
+    /// Adds a replicated entity whose replicas each have `options` (see
+    /// [`replicas`](Self::replicas)). A restart policy needs a factory per replica, which this
+    /// does not take: it is refused by `spawn`, as for [`boxed_entity`](Self::boxed_entity).
+    pub fn replicas_with<B>(
+        &mut self,
+        name: &str,
+        backends: impl IntoIterator<Item = B>,
+        options: EntityOptions,
+    ) -> Node<B::Input, B::Output>
+    where
+        B: IntoBackend,
+        B::Input: Clone,
+    {
+        let backends: Vec<_> = backends.into_iter().map(IntoBackend::into_boxed).collect();
+        if backends.is_empty() {
+            self.problems.push(BuildProblem::NoReplicas { name: name.to_string() });
+        }
+        let front = self.add(name, vacant(), None, EntityOptions::new());
+        let port = self.graph.ports[front.index]
+            .clone()
+            .as_any()
+            .downcast::<Port<B::Input, B::Output>>()
+            .expect("a node's types are those of its entity");
+        let set = Arc::new(ReplicaSet::new(port.core.clone(), <B::Input as Clone>::clone, self.graph.seeds.clone()));
+        let _ = port.replicas.set(set.clone());
+        let new = front.index - self.base;
+        self.agents[new]
+            .agent
+            .as_any_mut()
+            .downcast_mut::<Agent<B::Input, B::Output>>()
+            .expect("a node's types are those of its entity")
+            .replace_backend(Box::new(Front { set: set.clone() }));
+        for (i, backend) in backends.into_iter().enumerate() {
+            let member = self.boxed_entity(&format!("{name}/{i}"), backend, options);
+            let member_port = self.graph.ports[member.index]
+                .clone()
+                .as_any()
+                .downcast::<Port<B::Input, B::Output>>()
+                .expect("a node's types are those of its entity");
+            let routed = set.add(member_port);
+            self.graph.edges.push(EdgeSpec {
+                from: front.index,
+                to: member.index,
+                port: None,
+                kind: EdgeKind::Replica,
+                intended_loop: false,
+                carried: routed,
+            });
+        }
+        self.graph.sets.push((front.index, set));
+        front
+    }
+
+    /// Starts the replicated entities from saved rankings (from a report's
+    /// [`rankings`](crate::Report::rankings), say, serialized and read back): each relationship
+    /// starts from its own ranking, or from any of its entity's, with the estimates it gives
+    /// for replicas of the same names. Its first messages then go to the replicas that were
+    /// fast, rather than to one picked at random to be measured.
+    pub fn rankings(&mut self, rankings: impl IntoIterator<Item = Ranking>) -> &mut Self {
+        self.graph.seeds.lock().unwrap_or_else(|e| e.into_inner()).extend(rankings);
+        self
+    }
+
+    /// The replicas of `node`, if it is a replicated entity of this builder's graph.
+    fn replicas_of<I: Send + 'static, O: Send + 'static>(&self, node: &Node<I, O>) -> Option<Vec<Node<I, O>>> {
+        if node.builder != self.id || node.index >= self.graph.ports.len() {
+            return None;
+        }
+        let port = self.graph.ports[node.index].clone().as_any().downcast::<Port<I, O>>().ok()?;
+        let set = port.replicas.get()?;
+        let members = set.members();
+        Some(
+            members
+                .iter()
+                .filter_map(|m| self.graph.names.get(&m.port.core.name))
+                .map(|&index| Node { builder: self.id, index, types: PhantomData })
+                .collect(),
+        )
+    }
+
     /// Adds an entity running a backend that is already boxed.
     pub fn boxed_entity<I: Send + 'static, O: Send + 'static>(
         &mut self,
@@ -667,6 +810,12 @@ impl SystemBuilder {
         I2: From<O> + Send + 'static,
         O2: Send + 'static,
     {
+        if let Some(replicas) = self.replicas_of(from) {
+            for replica in &replicas {
+                self.edge(replica, to, kind, intended_loop);
+            }
+            return self;
+        }
         self.link(from, None, to, kind, intended_loop, |outlet| outlet)
     }
 
@@ -696,9 +845,19 @@ impl SystemBuilder {
             .as_any()
             .downcast::<Port<I2, O2>>()
             .expect("a node's types are those of its entity");
-        let outlet: Box<dyn Outlet<T>> = match kind {
-            EdgeKind::Read => Box::new(ReadOutlet::new(&target_port)),
-            _ => Box::new(QueryOutlet::new(&target_port)),
+        let outlet: Box<dyn Outlet<T>> = match (kind, target_port.replicas.get()) {
+            (EdgeKind::Read, None) => Box::new(ReadOutlet::new(&target_port)),
+            (_, None) => Box::new(QueryOutlet::new(&target_port)),
+            // Into a replicated entity: every replica reads; a query goes to one, chosen by
+            // what this edge measures of them.
+            (EdgeKind::Read, Some(set)) => Box::new(BroadcastOutlet::new(set.clone())),
+            (_, Some(set)) => {
+                let relationship = match port {
+                    Some((_, port)) => format!("{}.{port}", self.graph.name(from.index)),
+                    None => self.graph.name(from.index).to_string(),
+                };
+                Box::new(RouteOutlet::new(set.view(&relationship)))
+            }
         };
         let core = &target_port.core;
         let carried = Arc::new(AtomicU64::new(0));
@@ -776,6 +935,12 @@ impl SystemBuilder {
         I2: From<T> + Send + 'static,
         O2: Send + 'static,
     {
+        if let Some(replicas) = self.replicas_of(from) {
+            for replica in &replicas {
+                self.port_link(replica, port, to, kind, intended_loop);
+            }
+            return self;
+        }
         if self.usable(from) {
             self.with_context(from, |ctx| ctx.route_by(O::port));
         }
@@ -841,6 +1006,12 @@ impl SystemBuilder {
         tx: crossbeam_channel::Sender<O>,
     ) -> &mut Self {
         assert_eq!(from.builder, self.id, "the node comes from another builder");
+        if let Some(replicas) = self.replicas_of(from) {
+            for replica in &replicas {
+                self.output_to(replica, name, tx.clone());
+            }
+            return self;
+        }
         if self.usable(from) {
             let outlet = OutputOutlet::new(tx, self.shared.clone());
             let name: Arc<str> = Arc::from(name);
@@ -892,6 +1063,12 @@ impl SystemBuilder {
         T: Send + 'static,
     {
         assert_eq!(from.builder, self.id, "the node comes from another builder");
+        if let Some(replicas) = self.replicas_of(from) {
+            for replica in &replicas {
+                self.port_output_to(replica, port, name, tx.clone());
+            }
+            return self;
+        }
         if self.usable(from) {
             let inner = Box::new(OutputOutlet::new(tx, self.shared.clone()));
             let outlet = PortOutlet { extract: port.extractor(), inner };
@@ -1003,7 +1180,7 @@ impl SystemBuilder {
         let queries: Vec<_> = graph
             .edges
             .iter()
-            .filter(|e| e.kind == EdgeKind::Query && !e.intended_loop)
+            .filter(|e| matches!(e.kind, EdgeKind::Query | EdgeKind::Replica) && !e.intended_loop)
             .map(|e| (e.from, e.to))
             .collect();
         for cycle in cycles_among(&queries) {

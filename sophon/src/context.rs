@@ -32,6 +32,11 @@ pub enum EdgeKind {
     ///
     /// [`SystemBuilder::output`]: crate::SystemBuilder::output
     Output,
+    /// From a replicated entity to one of its replicas (see [`SystemBuilder::replicas`]): what
+    /// its senders routed there. No agent sends along it.
+    ///
+    /// [`SystemBuilder::replicas`]: crate::SystemBuilder::replicas
+    Replica,
 }
 
 /// Whether a send was delivered or deferred for want of room (see [`Context::flush`]).

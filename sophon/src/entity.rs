@@ -16,6 +16,7 @@ use crate::context::Context;
 use crate::err::{Error, ErrorKind, SendError};
 use crate::latency::{Histogram, Latency};
 use crate::pool::Task;
+use crate::replicas::{ReplicaSet, Routed, View, fail_ask, reroute, route_envelope};
 use crate::reply::{AskError, Asker, Reply, ReplyErrorKind};
 use crate::shared::{CLOSING, OPEN, Shared};
 
@@ -32,6 +33,9 @@ pub(crate) enum Envelope<I, O> {
     /// A function to run on the backend between two messages (see `System::for_each`). Boxed
     /// twice, so that the inbox's slots stay thin.
     Visit(Box<Visit<I, O>>),
+    /// A query or ask routed to this entity as one replica of a replicated entity (see
+    /// `replicas`), with what its sender learns from it.
+    Routed(Box<Routed<I, O>>),
 }
 
 /// A function run by an entity's agent on its backend and its context, between two messages:
@@ -101,6 +105,8 @@ pub(crate) struct Counters {
     pub(crate) activations_done: AtomicU64,
     /// The deepest the queues were seen (see `Stats::max_queued`).
     pub(crate) max_queued: AtomicU64,
+    /// Messages routed here as a replica and passed on to another replica (see `Stats::rerouted`).
+    pub(crate) rerouted: AtomicU64,
 }
 
 /// The untyped part of an entity, shared by its agent, its siblings, its handles and the system.
@@ -238,6 +244,7 @@ impl Core {
             undelivered: c.undelivered.load(Ordering::Relaxed),
             queued: queued as u64,
             max_queued: c.max_queued.load(Ordering::Relaxed).max(queued as u64),
+            rerouted: c.rerouted.load(Ordering::Relaxed),
             busy: Duration::from_nanos(clock.delta_as_nanos(0, c.busy_ticks.load(Ordering::Relaxed))),
             max: Duration::from_nanos(clock.delta_as_nanos(0, max_ticks)),
             handling: self
@@ -290,6 +297,39 @@ pub struct Stats {
     /// How long queries and reads take: the median, 90th and 99th percentiles (see
     /// [`Latency`]).
     pub handling: Latency,
+    /// Of a replica (see [`SystemBuilder::replicas`]): messages routed to it that it passed on
+    /// to another replica instead of handling them, because it was culled, stopped or failed
+    /// with them queued. They are handled there, not lost.
+    ///
+    /// [`SystemBuilder::replicas`]: crate::SystemBuilder::replicas
+    pub rerouted: u64,
+}
+
+impl Stats {
+    /// The counters of several entities taken together (the replicas of one entity, say):
+    /// counts and times are summed, the maximum and the handling percentiles are the highest
+    /// of any.
+    pub fn sum(stats: impl IntoIterator<Item = Stats>) -> Stats {
+        stats.into_iter().fold(Stats::default(), |a, b| Stats {
+            received: a.received + b.received,
+            handled: a.handled + b.handled,
+            sent: a.sent + b.sent,
+            errors: a.errors + b.errors,
+            panics: a.panics + b.panics,
+            restarts: a.restarts + b.restarts,
+            undelivered: a.undelivered + b.undelivered,
+            queued: a.queued + b.queued,
+            max_queued: a.max_queued.max(b.max_queued),
+            busy: a.busy + b.busy,
+            max: a.max.max(b.max),
+            handling: Latency {
+                p50: a.handling.p50.max(b.handling.p50),
+                p90: a.handling.p90.max(b.handling.p90),
+                p99: a.handling.p99.max(b.handling.p99),
+            },
+            rerouted: a.rerouted + b.rerouted,
+        })
+    }
 }
 
 /// One of an entity's two queues, as its senders see it.
@@ -384,9 +424,12 @@ pub(crate) struct Port<I, O> {
     /// drained and counted as undelivered, and so that sends never see a disconnected channel.
     pub(crate) queries_rx: Receiver<I>,
     pub(crate) inbox_rx: Receiver<Envelope<I, O>>,
+    /// The replicas that serve the entity, if it is replicated: then this is its front, and
+    /// senders route to them.
+    pub(crate) replicas: OnceLock<Arc<ReplicaSet<I, O>>>,
 }
 
-impl<I, O> Port<I, O> {
+impl<I: Send + 'static, O: Send + 'static> Port<I, O> {
     /// A port with queues of at most `capacity` messages each, or unbounded ones.
     pub(crate) fn new(core: Arc<Core>, capacity: Option<usize>) -> Self {
         fn channel<T>(capacity: Option<usize>) -> (Queue<T>, Receiver<T>) {
@@ -398,7 +441,7 @@ impl<I, O> Port<I, O> {
         }
         let (queries, queries_rx) = channel(capacity);
         let (inbox, inbox_rx) = channel(capacity);
-        Port { core, queries, inbox, queries_rx, inbox_rx }
+        Port { core, queries, inbox, queries_rx, inbox_rx, replicas: OnceLock::new() }
     }
 
     /// The entity's counters, with what is queued now.
@@ -423,6 +466,20 @@ impl<I, O> Port<I, O> {
                     let why = self.core.state().refusal().unwrap_or(ErrorKind::DeadlinePassed);
                     asker.fail(ReplyErrorKind::NotHandled(why), None);
                 }
+                // Passed on to another replica if one takes it (counted as rerouted), else
+                // undelivered.
+                Envelope::Routed(routed) => match reroute(*routed) {
+                    Ok(()) => {
+                        self.core.counters.rerouted.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Err(routed) => {
+                        n += 1;
+                        let why = self.core.state().refusal().unwrap_or(ErrorKind::DeadlinePassed);
+                        let Routed { asker, ticket, .. } = routed;
+                        ticket.complete_undelivered();
+                        fail_ask(asker, why);
+                    }
+                },
                 // Dropped: the caller of `for_each` sees the entity was not visited.
                 Envelope::Nop | Envelope::Visit(_) => {}
                 Envelope::Swap(req) => {
@@ -498,11 +555,18 @@ pub struct Handle<I, O> {
     /// once it has shut down, sends are refused (see `send_external`).
     core: Arc<Core>,
     inbox: Queue<Envelope<I, O>>,
+    /// The handles' view of the replicas, if the entity is replicated: sends are routed.
+    router: Option<Arc<View<I, O>>>,
 }
 
 impl<I, O> Clone for Handle<I, O> {
     fn clone(&self) -> Self {
-        Handle { port: self.port.clone(), core: self.core.clone(), inbox: self.inbox.clone() }
+        Handle {
+            port: self.port.clone(),
+            core: self.core.clone(),
+            inbox: self.inbox.clone(),
+            router: self.router.clone(),
+        }
     }
 }
 
@@ -514,7 +578,20 @@ impl<I, O> fmt::Debug for Handle<I, O> {
 
 impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     pub(crate) fn new(port: &Arc<Port<I, O>>) -> Self {
-        Handle { port: Arc::downgrade(port), core: port.core.clone(), inbox: port.inbox.clone() }
+        let router = port.replicas.get().map(|set| set.handles_view());
+        Handle { port: Arc::downgrade(port), core: port.core.clone(), inbox: port.inbox.clone(), router }
+    }
+
+    /// Handles to the replicas of the entity, in the order they were added, if it is replicated
+    /// (see [`SystemBuilder::replicas`]); none if it is not. A replica's handle swaps its
+    /// backend, stops it or reads its counters alone; its sends go to that replica only.
+    ///
+    /// [`SystemBuilder::replicas`]: crate::SystemBuilder::replicas
+    pub fn replicas(&self) -> Vec<Handle<I, O>> {
+        match &self.router {
+            Some(view) => view.set().members().iter().map(|m| Handle::new(&m.port)).collect(),
+            None => Vec::new(),
+        }
     }
 
     fn port(&self) -> Result<Arc<Port<I, O>>, Error> {
@@ -627,9 +704,10 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             CLOSING => Some(ErrorKind::Stopped),
             _ => Some(ErrorKind::SystemGone),
         };
-        let result = match refusal {
-            Some(kind) => Err((env, kind)),
-            None => self.inbox.push(env, &self.core),
+        let result = match (refusal, &self.router) {
+            (Some(kind), _) => Err((env, kind)),
+            (None, None) => self.inbox.push(env, &self.core),
+            (None, Some(view)) => route_envelope(view, env),
         };
         if result.is_err() {
             shared.external.fetch_sub(1, Ordering::SeqCst);
@@ -652,9 +730,14 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
         Ok(self.port()?.core.state())
     }
 
-    /// The entity's counters now.
+    /// The entity's counters now. Of a replicated entity, its replicas' taken together (see
+    /// [`Stats::sum`]).
     pub fn stats(&self) -> Result<Stats, Error> {
-        Ok(self.port()?.stats())
+        let port = self.port()?;
+        Ok(match &self.router {
+            Some(view) => Stats::sum(view.set().members().iter().map(|m| m.port.stats())),
+            None => port.stats(),
+        })
     }
 
     /// Swaps the entity's backend for `backend` and hands the old one back.
@@ -707,6 +790,9 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
         };
         if self.core.is_current() {
             return Err(SendError::new(ErrorKind::WouldDeadlock, self.core.name.clone(), backend));
+        }
+        if self.router.is_some() {
+            return Err(SendError::new(ErrorKind::Replicated, self.core.name.clone(), backend));
         }
         if let Some(kind) = port.core.state().refusal() {
             return Err(SendError::new(kind, self.core.name.clone(), backend));

@@ -28,6 +28,9 @@ pub enum ErrorKind {
     /// The system's shutdown deadline passed while the send waited for room in a full bounded
     /// queue or output.
     DeadlinePassed,
+    /// The entity is served by replicas, and the operation is one replica's: swap the backend
+    /// of one of them (see [`Handle::replicas`](crate::Handle::replicas)).
+    Replicated,
 }
 
 impl ErrorKind {
@@ -39,6 +42,7 @@ impl ErrorKind {
             ErrorKind::UnknownSibling => "there is no sibling of that name",
             ErrorKind::WouldDeadlock => "it is the entity running this handler, which would wait on itself forever",
             ErrorKind::DeadlinePassed => "the shutdown deadline passed while waiting for room in its queue",
+            ErrorKind::Replicated => "it is served by replicas: swap the backend of one of them (`Handle::replicas`)",
         }
     }
 }
@@ -268,6 +272,12 @@ pub enum BuildProblem {
     /// An extension of a running system ([`System::extend`](crate::System::extend)) chose a
     /// runtime: a running system keeps its own.
     RuntimeOfRunningSystem,
+    /// A replicated entity was given no replica
+    /// ([`SystemBuilder::replicas`](crate::SystemBuilder::replicas)).
+    NoReplicas {
+        /// The entity.
+        name: String,
+    },
 }
 
 /// `a -> b -> a`, for a cycle given as `[a, b]`.
@@ -323,6 +333,9 @@ impl fmt::Display for BuildProblem {
             BuildProblem::RuntimeOfRunningSystem => f.write_str(
                 "a running system keeps its runtime; choose `runtime` or `pool` when building it, not when extending it"
             ),
+            BuildProblem::NoReplicas { name } => {
+                write!(f, "replicated entity `{name}` has no replica; give it at least one backend")
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::builder::{Checked, Graph, NewAgent, Node, SystemBuilder};
 use crate::entity::{EntityState, Envelope, Handle, Port, Stats, Visit};
 use crate::err::{BuildError, BuildProblem};
 use crate::pool::{Pool, Runtime, Task, Workers};
+use crate::replicas::Ranking;
 use crate::shared::{CLOSED, CLOSING, Failure, Shared};
 
 /// How long [`System::join`] and dropping a [`System`] wait for the system to go idle before
@@ -101,6 +102,9 @@ pub struct Snapshot {
     pub entities: Vec<EntitySnapshot>,
     /// Every edge between entities and to outputs (see [`System::edges`]).
     pub edges: Vec<EdgeReport>,
+    /// Each relationship's ranking of the replicas of each replicated entity (see
+    /// [`System::rankings`]).
+    pub rankings: Vec<Ranking>,
 }
 
 /// One entity's figures in a [`Snapshot`].
@@ -158,6 +162,10 @@ pub struct Report {
     /// Every edge between entities and to outputs at the end, with what it carried (those of
     /// entities removed while the system ran are left out).
     pub edges: Vec<EdgeReport>,
+    /// Each relationship's ranking of the replicas of each replicated entity at the end (see
+    /// [`SystemBuilder::replicas`](crate::SystemBuilder::replicas)): save them, and start the
+    /// next run from them with [`SystemBuilder::rankings`](crate::SystemBuilder::rankings).
+    pub rankings: Vec<Ranking>,
 }
 
 impl Report {
@@ -170,6 +178,12 @@ impl Report {
     /// Messages that were queued but never handled, over all entities.
     pub fn undelivered(&self) -> u64 {
         self.entities.iter().map(|e| e.stats.undelivered).sum()
+    }
+
+    /// Messages that replicas passed on to other replicas of their entity, over all entities
+    /// (see [`Stats::rerouted`]).
+    pub fn rerouted(&self) -> u64 {
+        self.entities.iter().map(|e| e.stats.rerouted).sum()
     }
 
     /// The entities whose agents had not ended by the deadline and were given up on.
@@ -222,7 +236,20 @@ impl fmt::Display for Report {
                 _ => "->",
             };
             let port = edge.port.map(|p| format!(".{p}")).unwrap_or_default();
-            writeln!(f, "{}{port} {arrow} {}: {} sent", edge.from, edge.to, edge.sent)?;
+            if edge.kind == EdgeKind::Replica {
+                writeln!(f, "{} => {} (replica): {} routed", edge.from, edge.to, edge.sent)?;
+            } else {
+                writeln!(f, "{}{port} {arrow} {}: {} sent", edge.from, edge.to, edge.sent)?;
+            }
+        }
+        for ranking in &self.rankings {
+            write!(f, "{} ranked by {}:", ranking.entity, ranking.relationship)?;
+            for replica in &ranking.replicas {
+                let estimate = replica.estimate.map_or("unmeasured".to_string(), |e| format!("{e:.1?}"));
+                let culled = if replica.culled { ", culled" } else { "" };
+                write!(f, " {} ({estimate}, {} sent{culled})", replica.name, replica.sent)?;
+            }
+            writeln!(f)?;
         }
         for failure in &self.failures {
             writeln!(f, "{failure}")?;
@@ -839,7 +866,14 @@ impl System {
                 EntitySnapshot { name: core.name.to_string(), id: core.id, state: core.state(), stats: port.stats() }
             })
             .collect();
-        Snapshot { entities, edges: self.edges() }
+        Snapshot { entities, edges: self.edges(), rankings: self.rankings() }
+    }
+
+    /// Each relationship's ranking of the replicas of each replicated entity now, cheapest
+    /// first (see [`SystemBuilder::replicas`](crate::SystemBuilder::replicas)): one for the
+    /// handles, one per edge into the entity.
+    pub fn rankings(&self) -> Vec<Ranking> {
+        self.graph.sets.iter().flat_map(|(_, set)| set.rankings()).collect()
     }
 
     /// Every edge between entities and to outputs, with the messages sent along it so far, in
@@ -918,17 +952,39 @@ impl System {
                 EntityState::Stopped => figures.push("stopped".to_string()),
                 EntityState::Failed => figures.push("failed".to_string()),
             }
+            let replicated = graph.sets.iter().any(|(front, _)| *front == index);
+            if replicated {
+                // The front handles nothing itself: its figures are its replicas' edges'.
+                figures = vec![port.core().state()]
+                    .into_iter()
+                    .filter(|s| *s != EntityState::Running)
+                    .map(|s| format!("{s:?}").to_lowercase())
+                    .collect();
+            }
+            let kind = if replicated { NodeKind::Replicated } else { NodeKind::Entity };
             place[index] = drawing.nodes.len();
-            drawing.nodes.push(DrawnNode { name: port.core().name.to_string(), kind: NodeKind::Entity, figures });
+            drawing.nodes.push(DrawnNode { name: port.core().name.to_string(), kind, figures });
+        }
+        // Each replica's share of what its entity's senders routed.
+        let mut routed: HashMap<usize, u64> = HashMap::new();
+        for edge in graph.edges.iter().filter(|e| e.kind == EdgeKind::Replica) {
+            *routed.entry(edge.from).or_default() += edge.carried.load(Ordering::Relaxed);
         }
         for edge in &graph.edges {
             let kind = match (edge.kind, edge.intended_loop) {
                 (crate::EdgeKind::Read, _) => Drawn::Read,
+                (crate::EdgeKind::Replica, _) => Drawn::Replica,
                 (_, true) => Drawn::Loop,
                 _ => Drawn::Query,
             };
             let port = edge.port_name().map(str::to_string);
-            let figures = vec![format!("{} sent", edge.carried.load(Ordering::Relaxed))];
+            let carried = edge.carried.load(Ordering::Relaxed);
+            let figures = if edge.kind == EdgeKind::Replica {
+                let total = routed.get(&edge.from).copied().unwrap_or(0).max(1);
+                vec![format!("{carried} routed, {}%", carried * 100 / total)]
+            } else {
+                vec![format!("{carried} sent")]
+            };
             drawing.edges.push(Edge { from: place[edge.from], to: place[edge.to], kind, port, figures });
         }
         let mut outputs: HashMap<&str, usize> = HashMap::new();
@@ -1333,6 +1389,7 @@ impl System {
         let entities = joined.iter().enumerate().map(|(index, &joined)| self.entity_report(index, joined)).collect();
         Report {
             edges: self.edges(),
+            rankings: self.rankings(),
             entities,
             failures: self.shared.failures_rx.try_iter().collect(),
             failures_dropped: self.shared.failures_dropped.load(Ordering::Relaxed),
