@@ -92,6 +92,31 @@ where
     }
 }
 
+/// Adds a replicated entity (`#[replicas] model = [a, b, c];`, see
+/// [`SystemBuilder::replicas_with`]).
+pub fn replicas<I, O>(
+    builder: &mut SystemBuilder,
+    name: &str,
+    backends: impl IntoIterator<Item = crate::BoxBackend<I, O>>,
+    options: EntityOptions,
+) -> Node<I, O>
+where
+    I: ReplicaInput + Send + 'static,
+    O: Send + 'static,
+{
+    builder.replicas_with(name, backends, options)
+}
+
+/// What a replicated entity's input needs: every replica reads each read, so it is cloned.
+#[diagnostic::on_unimplemented(
+    message = "the input of a replicated entity must be `Clone`: `{Self}` is not",
+    label = "every replica takes each read, a copy each",
+    note = "derive or implement `Clone` for `{Self}`, or drop `#[replicas]`"
+)]
+pub trait ReplicaInput: Clone {}
+
+impl<T: Clone> ReplicaInput for T {}
+
 /// Adds an output fed by each of `from`'s nodes.
 pub fn output_to<F: Nodes>(
     builder: &mut SystemBuilder,

@@ -341,3 +341,75 @@ fn a_named_system_draws_its_declared_graph() {
         "digraph {\n    rankdir=LR;\n    n0 [label=\"split\", shape=box];\n    n1 [label=\"workers[n]\", shape=box3d];\n    n2 [label=\"answers\", shape=box, style=rounded];\n    n0 -> n1 [label=\"\"];\n    n1 -> n2 [label=\"\"];\n}\n"
     );
 }
+
+/// Answers `(its id, n)` after `self.1` microseconds.
+struct Replica(usize, u64);
+
+#[backend(blocking)]
+impl Replica {
+    fn query(&mut self, n: u64) -> (usize, u64) {
+        std::thread::sleep(Duration::from_micros(self.1));
+        (self.0, n)
+    }
+}
+
+/// The same, of another type: replicas need not share one.
+struct OtherReplica(usize);
+
+#[backend]
+impl OtherReplica {
+    fn query(&mut self, n: u64) -> (usize, u64) {
+        (self.0, n)
+    }
+}
+
+agent_system! {
+    /// A source feeding a replicated model.
+    pub struct Served(slow_us: u64);
+    source: Pass = Pass;
+    #[replicas]
+    model: sophon::BoxBackend<u64, (usize, u64)> = [Replica(0, slow_us), Replica(1, 100), OtherReplica(2)];
+    source -> model;
+    model -> output(answers: (usize, u64));
+}
+
+#[test]
+fn a_replicated_entity_declared_in_the_macro_routes_each_query_to_one_replica() -> Result<(), Box<dyn std::error::Error>>
+{
+    let system = agent_system! {
+        #[replicas]
+        model = [Replica(0, 100), Replica(1, 100), OtherReplica(2)];
+        model -> output(out);
+    }?;
+    assert_eq!(system.model.name(), "model");
+    assert_eq!(system.model.replicas().len(), 3);
+    for n in 0..300 {
+        system.model.query(n)?;
+    }
+    let mut got: Vec<u64> = system.out.iter().take(300).map(|(_, n)| n).collect();
+    got.sort();
+    assert!(got.into_iter().eq(0..300), "each query answered once");
+    let report = system.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+
+    // A named system: edges into the entity route; its slow replica gets little.
+    let served = Served::spawn(20_000)?;
+    for n in 0..300 {
+        served.source.query(n)?;
+    }
+    let answers: Vec<(usize, u64)> = served.answers.iter().take(300).collect();
+    let slow = answers.iter().filter(|(id, _)| *id == 0).count();
+    assert!(slow < 30, "the slow replica answered {slow} of 300");
+    let report = served.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.rankings[0].relationship, "source");
+    Ok(())
+}
+
+#[test]
+fn a_named_system_draws_its_replicated_entity() {
+    assert_eq!(
+        Served::MERMAID,
+        "flowchart LR\n    n0[\"source\"]\n    n1{{\"model<br/>3 replicas\"}}\n    n2([\"answers\"])\n    n0 --> n1\n    n1 --> n2\n"
+    );
+}

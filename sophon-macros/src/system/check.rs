@@ -14,10 +14,10 @@ use super::parse::{Arrow, Entity, Statement, SystemInput};
 use crate::errors::{Errors, closest};
 
 /// The options an entity may carry, e.g. `#[bounded(16)] worker = Worker::new();`.
-const OPTIONS: &[&str] = &["bounded", "restart", "thread", "cfg", "doc"];
+const OPTIONS: &[&str] = &["bounded", "restart", "thread", "replicas", "cfg", "doc"];
 
 /// How the options are written, for hints.
-const OPTIONS_HELP: &str = "`#[bounded(N)]`, `#[restart(max = N, within = DURATION)]`, `#[thread]`, `#[cfg(PREDICATE)]` and `///` doc comments";
+const OPTIONS_HELP: &str = "`#[bounded(N)]`, `#[restart(max = N, within = DURATION)]`, `#[thread]`, `#[replicas]`, `#[cfg(PREDICATE)]` and `///` doc comments";
 
 /// The options of the whole system, written first: `#![pool]`, `#![pool(4)]`, `#![threads]`.
 const RUNTIME_HELP: &str =
@@ -77,6 +77,8 @@ pub(super) struct Options {
     pub(super) restart: Option<RestartOption>,
     /// `#[thread]`: a thread of its own in a system run by a pool.
     pub(super) thread: bool,
+    /// `#[replicas]`: the expression gives several backends, each a replica of the entity.
+    pub(super) replicas: bool,
     /// `///` lines, for the entity's handle field.
     pub(super) docs: Vec<Attribute>,
     /// The predicates of its `#[cfg(..)]`s: the entity exists when all hold.
@@ -139,6 +141,22 @@ fn check_options(entity: &Entity, errors: &mut Errors) -> Options {
                     options.thread = true;
                 }
             }
+            "replicas" => {
+                if options.replicas {
+                    errors.spanned(attr, "option `replicas` is given twice; keep one");
+                } else if let Some(size) = &entity.size {
+                    errors.spanned(
+                        size,
+                        "a replicated entity is one entity served by several backends, not a group: drop `[..]` and give its backends as `[a, b, c]`",
+                    );
+                } else {
+                    // Taken as meant even when malformed, so that the expansion adds no errors.
+                    if !matches!(attr.meta, Meta::Path(_)) {
+                        errors.spanned(attr, "`replicas` takes no arguments: `#[replicas] model = [a, b, c];`");
+                    }
+                    options.replicas = true;
+                }
+            }
             "restart" => {
                 if options.restart.is_some() {
                     errors.spanned(attr, "option `restart` is given twice; keep one");
@@ -157,6 +175,13 @@ fn check_options(entity: &Entity, errors: &mut Errors) -> Options {
                 );
             }
         }
+    }
+    if let (true, Some(restart)) = (options.replicas, &options.restart) {
+        errors.spanned(
+            &restart.max,
+            "replicas are not restarted: a replica that panics is culled and what it held goes to the others; remove `#[restart(..)]`",
+        );
+        options.restart = None;
     }
     options
 }
@@ -192,7 +217,7 @@ fn check_edge_attributes(input: &SystemInput, errors: &mut Errors) {
             }
             let path = attr.path();
             let name = quote!(#path).to_string().replace(' ', "");
-            let hint = if ["bounded", "restart", "thread"].contains(&name.as_str()) {
+            let hint = if ["bounded", "restart", "thread", "replicas"].contains(&name.as_str()) {
                 format!("; `#[{name}]` is an option of an entity: put it on the line that declares the entity")
             } else {
                 String::new()

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
-use syn::Ident;
 use syn::spanned::Spanned;
+use syn::{Expr, Ident};
 
 use super::check::{Options, cfg_predicates};
 use super::graph::{Graph, Kind, OutputRef};
@@ -83,6 +83,24 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options], runtime: Option<&TokenStrea
         }
         // A restarted entity is given a factory, which builds its first backend too.
         let ty = entity.ty.as_ref().map_or_else(|| quote!(_), |ty| quote!(#ty));
+        if options[i].replicas {
+            // Each backend boxed where it is written, so that one of another input or output
+            // type is an error there; a list given as one expression (a `Vec`) is taken whole.
+            let backends = match expr {
+                Expr::Array(array) => {
+                    let elems = array.elems.iter().map(|e| quote_spanned!(e.span()=> ::sophon::IntoBackend::into_boxed(#e)));
+                    quote_spanned!(expr.span()=> [#(#elems),*])
+                }
+                _ => quote_spanned!(expr.span()=> ::core::iter::Iterator::map(::core::iter::IntoIterator::into_iter(#expr), ::sophon::IntoBackend::into_boxed)),
+            };
+            // Spanned at the expression: an input that is not `Clone` is an error there.
+            let replicas_fn = match &entity.ty {
+                Some(ty) => quote_spanned!(expr.span()=> ::sophon::__private::replicas::<<#ty as ::sophon::IntoBackend>::Input, <#ty as ::sophon::IntoBackend>::Output>),
+                None => quote_spanned!(expr.span()=> ::sophon::__private::replicas),
+            };
+            let call = quote_spanned!(expr.span()=> #replicas_fn(&mut #builder, #label, #backends, #opts));
+            return quote!(#cfg let #node = #call;);
+        }
         let entity_fn = match (&options[i].restart, &entity.size) {
             (Some(restart), size) => {
                 let (max, within) = (&restart.max, restart.within_ms);
@@ -314,12 +332,19 @@ fn drawing(graph: &Graph<'_>) -> sophon_graph::draw::Drawing {
         if !named.insert(entity.name.to_string()) {
             continue;
         }
+        let replicated = entity.options.iter().any(|a| a.path().is_ident("replicas"));
         let (name, kind) = match &entity.size {
             Some(size) => (format!("{}[{}]", entity.name, quote!(#size).to_string().replace(' ', "")), NodeKind::Group),
+            None if replicated => (entity.name.to_string(), NodeKind::Replicated),
             None => (entity.name.to_string(), NodeKind::Entity),
         };
+        // A replicated entity given as a list says how many replicas it has.
+        let figures = match &entity.expr {
+            Expr::Array(array) if replicated => vec![format!("{} replicas", array.elems.len())],
+            _ => Vec::new(),
+        };
         place[i] = Some(drawing.nodes.len());
-        drawing.nodes.push(Node { name, kind, figures: Vec::new() });
+        drawing.nodes.push(Node { name, kind, figures });
     }
     let mut drawn = std::collections::HashSet::new();
     for edge in &graph.edges {
