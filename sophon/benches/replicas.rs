@@ -79,7 +79,7 @@ fn run(services_ms: &[u64], routing: Routing, interval: Duration) -> Vec<Duratio
             .map(|&ms| Box::new(Service(Duration::from_millis(ms), ms == 0)) as BoxBackend<Instant, Instant>)
     };
     let (tx, answers) = crossbeam_channel::unbounded();
-    let latencies = match routing {
+    match routing {
         Routing::Sophon => {
             let model = b.replicas("model", backends());
             b.output_to(&model, "answers", tx);
@@ -101,8 +101,7 @@ fn run(services_ms: &[u64], routing: Routing, interval: Duration) -> Vec<Duratio
             system.shutdown(Duration::from_secs(10));
             latencies
         }
-    };
-    latencies
+    }
 }
 
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
