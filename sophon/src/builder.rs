@@ -16,7 +16,7 @@ use crate::entity::{Core, EntityState, Envelope, ErasedPort, Port, Visit};
 use crate::err::BuildProblem;
 use crate::pool::{Runnable, Runtime};
 use crate::ports::{OutPort, Ports};
-use crate::replicas::{BroadcastOutlet, ErasedSet, Front, Ranking, ReplicaSet, RouteOutlet};
+use crate::replicas::{BroadcastOutlet, ErasedSet, Front, Ranking, Replay, ReplicaSet, RouteOutlet};
 use crate::restart::{Factory, FactoryOutput, Restart, Supervisor, boxed_factory};
 use crate::shared::Shared;
 
@@ -331,6 +331,9 @@ pub struct SystemBuilder {
     attach: Vec<Attach>,
     problems: Vec<BuildProblem>,
     runtime: Option<Runtime>,
+    /// Replicas this builder adds to replicated entities of the running system it extends
+    /// (front, replica): they join their entity once the extension is accepted.
+    pending: Vec<(usize, usize)>,
 }
 
 impl fmt::Debug for SystemBuilder {
@@ -370,6 +373,7 @@ impl SystemBuilder {
             attach: Vec::new(),
             problems: Vec::new(),
             runtime: None,
+            pending: Vec::new(),
         }
     }
 
@@ -593,25 +597,135 @@ impl SystemBuilder {
             .downcast_mut::<Agent<B::Input, B::Output>>()
             .expect("a node's types are those of its entity")
             .replace_backend(Box::new(Front { set: set.clone() }));
-        for (i, backend) in backends.into_iter().enumerate() {
-            let member = self.boxed_entity(&format!("{name}/{i}"), backend, options);
-            let member_port = self.graph.ports[member.index]
-                .clone()
-                .as_any()
-                .downcast::<Port<B::Input, B::Output>>()
-                .expect("a node's types are those of its entity");
-            let routed = set.add(member_port);
-            self.graph.edges.push(EdgeSpec {
-                from: front.index,
-                to: member.index,
-                port: None,
-                kind: EdgeKind::Replica,
-                intended_loop: false,
-                carried: routed,
-            });
+        self.graph.sets.push((front.index, set.clone()));
+        for backend in backends {
+            self.replica(&front, &set, backend, options);
         }
-        self.graph.sets.push((front.index, set));
         front
+    }
+
+    /// Adds a replica to the replicated entity `entity` (see [`replicas`](Self::replicas)),
+    /// with the entity's edges out; in [`System::extend`](crate::System::extend), to a running
+    /// system, where it takes its share of the entity's queries once the extension returns.
+    /// Its name is the entity's followed by its number: `model/3` for a fourth. Refused by
+    /// `spawn` or `extend` if `entity` is not replicated.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sophon::{Backend, BoxError, Context, SystemBuilder};
+    ///
+    /// struct Tag(&'static str);
+    /// impl Backend for Tag {
+    ///     type Input = u32;
+    ///     type Output = &'static str;
+    ///     fn query(&mut self, _: u32, ctx: &mut Context<&'static str>) -> Result<(), BoxError> {
+    ///         Ok(ctx.send(self.0)?)
+    ///     }
+    /// }
+    ///
+    /// let mut builder = SystemBuilder::new();
+    /// let model = builder.replicas("model", [Tag("first")]);
+    /// let out = builder.output(&model, "out");
+    /// let mut system = builder.spawn()?;
+    /// let added = system.extend(|builder| builder.add_replica(&model, Tag("second")))?;
+    /// assert_eq!(system.handle(&added).name(), "model/1");
+    /// // The first replica leaves; the second serves.
+    /// system.remove("model/0", Duration::from_secs(5));
+    /// system.handle(&model).query(1)?;
+    /// assert_eq!(out.recv()?, "second");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn add_replica<B>(&mut self, entity: &Node<B::Input, B::Output>, backend: B) -> Node<B::Input, B::Output>
+    where
+        B: IntoBackend,
+        B::Input: Clone,
+    {
+        match self.set_of(entity) {
+            Some(set) => self.replica(entity, &set, backend.into_boxed(), EntityOptions::new()),
+            None => {
+                if entity.builder == self.id && entity.index < self.graph.ports.len() {
+                    let name = self.graph.name(entity.index).to_string();
+                    self.problems.push(BuildProblem::NotReplicated { name });
+                } else {
+                    self.problems.push(BuildProblem::ForeignNode);
+                }
+                *entity
+            }
+        }
+    }
+
+    /// Adds one replica of `front`'s entity: an entity of its own, its share of the routing (an
+    /// edge from the front, for the report and for shutdown's order), and the entity's edges out.
+    fn replica<I: Send + 'static, O: Send + 'static>(
+        &mut self,
+        front: &Node<I, O>,
+        set: &Arc<ReplicaSet<I, O>>,
+        backend: BoxBackend<I, O>,
+        options: EntityOptions,
+    ) -> Node<I, O> {
+        let number = set.members().len() + self.pending.iter().filter(|(f, _)| *f == front.index).count();
+        let member = self.boxed_entity(&format!("{}/{number}", self.graph.name(front.index)), backend, options);
+        let port = self.graph.ports[member.index]
+            .clone()
+            .as_any()
+            .downcast::<Port<I, O>>()
+            .expect("a node's types are those of its entity");
+        let routed = Arc::new(AtomicU64::new(0));
+        self.graph.edges.push(EdgeSpec {
+            from: front.index,
+            to: member.index,
+            port: None,
+            kind: EdgeKind::Replica,
+            intended_loop: false,
+            carried: routed.clone(),
+        });
+        for replay in set.outs() {
+            replay(self, &member);
+        }
+        let set = set.clone();
+        if self.extending {
+            // Routed to once the extension is accepted and the replica's agent runs.
+            self.pending.push((front.index, member.index));
+            self.attach.push(Box::new(move |done: Sender<()>| {
+                set.add(port, routed);
+                let _ = done.send(());
+                true
+            }));
+        } else {
+            set.add(port, routed);
+        }
+        member
+    }
+
+    /// The replicas of `node`'s entity, if it is replicated.
+    fn set_of<I: Send + 'static, O: Send + 'static>(&self, node: &Node<I, O>) -> Option<Arc<ReplicaSet<I, O>>> {
+        if node.builder != self.id || node.index >= self.graph.ports.len() {
+            return None;
+        }
+        let port = self.graph.ports[node.index].clone().as_any().downcast::<Port<I, O>>().ok()?;
+        port.replicas.get().cloned()
+    }
+
+    /// Remembers an edge out of the replicated entity `from` for replicas added later; in an
+    /// extension, once it is accepted.
+    fn remember_out<I: Send + 'static, O: Send + 'static>(
+        &mut self,
+        from: &Node<I, O>,
+        replay: impl Fn(&mut SystemBuilder, &Node<I, O>) + Send + Sync + 'static,
+    ) {
+        let Some(set) = self.set_of(from) else { return };
+        let replay: Replay<I, O> = Arc::new(replay);
+        if self.extending {
+            self.attach.push(Box::new(move |done: Sender<()>| {
+                set.add_out(replay);
+                let _ = done.send(());
+                true
+            }));
+        } else {
+            set.add_out(replay);
+        }
     }
 
     /// Starts the replicated entities from saved rankings (from a report's
@@ -624,21 +738,19 @@ impl SystemBuilder {
         self
     }
 
-    /// The replicas of `node`, if it is a replicated entity of this builder's graph.
+    /// The replicas of `node`, if it is a replicated entity of this builder's graph: those
+    /// running, and those this builder adds.
     fn replicas_of<I: Send + 'static, O: Send + 'static>(&self, node: &Node<I, O>) -> Option<Vec<Node<I, O>>> {
-        if node.builder != self.id || node.index >= self.graph.ports.len() {
-            return None;
-        }
-        let port = self.graph.ports[node.index].clone().as_any().downcast::<Port<I, O>>().ok()?;
-        let set = port.replicas.get()?;
+        let set = self.set_of(node)?;
         let members = set.members();
-        Some(
-            members
-                .iter()
-                .filter_map(|m| self.graph.names.get(&m.port.core.name))
-                .map(|&index| Node { builder: self.id, index, types: PhantomData })
-                .collect(),
-        )
+        let running = members.iter().filter_map(|m| self.graph.names.get(&m.port.core.name).copied());
+        let pending = self.pending.iter().filter(|(front, _)| *front == node.index).map(|&(_, member)| member);
+        Some(running.chain(pending).map(|index| Node { builder: self.id, index, types: PhantomData }).collect())
+    }
+
+    /// Whether the entity at `index` was removed from the running system.
+    fn is_removed(&self, index: usize) -> bool {
+        self.graph.removed.get(index).copied().unwrap_or(true)
     }
 
     /// Adds an entity running a backend that is already boxed.
@@ -814,6 +926,12 @@ impl SystemBuilder {
             for replica in &replicas {
                 self.edge(replica, to, kind, intended_loop);
             }
+            let to = *to;
+            self.remember_out(from, move |b, replica| {
+                if !b.is_removed(to.index) {
+                    b.edge(replica, &to, kind, intended_loop);
+                }
+            });
             return self;
         }
         self.link(from, None, to, kind, intended_loop, |outlet| outlet)
@@ -939,6 +1057,14 @@ impl SystemBuilder {
             for replica in &replicas {
                 self.port_link(replica, port, to, kind, intended_loop);
             }
+            let to = *to;
+            // The port without its marker type, which need not be `'static`.
+            let port = OutPort::<O, T, ()>::new(port.index(), port.name(), port.extractor());
+            self.remember_out(from, move |b, replica| {
+                if !b.is_removed(to.index) {
+                    b.port_link(replica, port, &to, kind, intended_loop);
+                }
+            });
             return self;
         }
         if self.usable(from) {
@@ -1010,6 +1136,10 @@ impl SystemBuilder {
             for replica in &replicas {
                 self.output_to(replica, name, tx.clone());
             }
+            let name = name.to_string();
+            self.remember_out(from, move |b, replica| {
+                b.output_to(replica, &name, tx.clone());
+            });
             return self;
         }
         if self.usable(from) {
@@ -1067,6 +1197,11 @@ impl SystemBuilder {
             for replica in &replicas {
                 self.port_output_to(replica, port, name, tx.clone());
             }
+            let name = name.to_string();
+            let port = OutPort::<O, T, ()>::new(port.index(), port.name(), port.extractor());
+            self.remember_out(from, move |b, replica| {
+                b.port_output_to(replica, port, &name, tx.clone());
+            });
             return self;
         }
         if self.usable(from) {

@@ -278,6 +278,12 @@ pub enum BuildProblem {
         /// The entity.
         name: String,
     },
+    /// A replica was added to an entity that is not replicated
+    /// ([`SystemBuilder::add_replica`](crate::SystemBuilder::add_replica)).
+    NotReplicated {
+        /// The entity.
+        name: String,
+    },
 }
 
 /// `a -> b -> a`, for a cycle given as `[a, b]`.
@@ -336,6 +342,10 @@ impl fmt::Display for BuildProblem {
             BuildProblem::NoReplicas { name } => {
                 write!(f, "replicated entity `{name}` has no replica; give it at least one backend")
             }
+            BuildProblem::NotReplicated { name } => write!(
+                f,
+                "entity `{name}` is not replicated, so it takes no replica; declare it with `SystemBuilder::replicas`"
+            ),
         }
     }
 }

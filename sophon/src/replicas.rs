@@ -341,7 +341,13 @@ pub(crate) struct ReplicaSet<I, O> {
     ///
     /// [`SystemBuilder::rankings`]: crate::SystemBuilder::rankings
     seeds: Arc<Mutex<Vec<Ranking>>>,
+    /// The edges out of the entity, to give a replica added later (see
+    /// `SystemBuilder::add_replica`).
+    outs: Mutex<Vec<Replay<I, O>>>,
 }
+
+/// Adds one of a replicated entity's edges (or outputs) to a replica of it.
+pub(crate) type Replay<I, O> = Arc<dyn Fn(&mut crate::SystemBuilder, &crate::Node<I, O>) + Send + Sync>;
 
 impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
     pub(crate) fn new(front: Arc<Core>, clone: fn(&I) -> I, seeds: Arc<Mutex<Vec<Ranking>>>) -> Self {
@@ -352,14 +358,24 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
             handles: OnceLock::new(),
             clone,
             seeds,
+            outs: Mutex::new(Vec::new()),
         }
     }
 
-    /// Adds a replica; returns the count of what is routed to it.
-    pub(crate) fn add(&self, port: Arc<Port<I, O>>) -> Arc<AtomicU64> {
+    /// Remembers an edge out of the entity, for replicas added later.
+    pub(crate) fn add_out(&self, replay: Replay<I, O>) {
+        lock(&self.outs).push(replay);
+    }
+
+    /// The edges out of the entity, to give a new replica.
+    pub(crate) fn outs(&self) -> Vec<Replay<I, O>> {
+        lock(&self.outs).clone()
+    }
+
+    /// Adds a replica, whose routed messages are counted in `routed`.
+    pub(crate) fn add(&self, port: Arc<Port<I, O>>, routed: Arc<AtomicU64>) {
         let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let routed = Arc::new(AtomicU64::new(0));
         let member = Arc::new(Member {
             port,
             slot: members.len(),
@@ -381,7 +397,6 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
         let mut all: Vec<_> = members.iter().cloned().collect();
         all.push(member);
         *members = Arc::from(all);
-        routed
     }
 
     pub(crate) fn members(&self) -> Members<I, O> {

@@ -370,3 +370,37 @@ fn a_replicated_entity_needs_a_replica() {
     let error = b.spawn().unwrap_err();
     assert!(matches!(error.problems(), [BuildProblem::NoReplicas { name }] if name == "model"), "{error:?}");
 }
+
+#[test]
+fn a_replica_added_while_the_system_runs_takes_its_share_with_the_entitys_edges() {
+    let sims: Vec<Sim> = (0..2).map(|i| Sim::new(i, Duration::from_millis(2))).collect();
+    let mut b = SystemBuilder::new();
+    let source = b.entity("source", common_pass());
+    let model = b.replicas("model", boxed(&sims));
+    b.query_edge(&source, &model);
+    let out = b.output(&model, "out");
+    let mut system = b.spawn().unwrap();
+    let source = system.handle(&source);
+    drive(|n| source.query(n).unwrap(), &out, 0, 100, 2);
+
+    // A third, faster one: it gets the entity's output edge, and the source's edge routes to it.
+    let added = system.extend(|b| b.add_replica(&model, Sim::new(2, Duration::from_micros(200)))).unwrap();
+    assert_eq!(system.handle(&added).name(), "model/2");
+    let answers = drive(|n| source.query(n).unwrap(), &out, 100, 300, 2);
+    assert_eq!(answers.len(), 300);
+    let by_new = answers.iter().filter(|&&(id, _)| id == 2).count();
+    assert!(by_new > 100, "the added replica answered {by_new} of 300");
+    assert_eq!(system.handle(&model).replicas().len(), 3);
+
+    // Only a replicated entity takes replicas; a refused extension adds nothing.
+    let refused = system.extend(|b| {
+        let plain = b.entity("plain", Sim::new(9, Duration::ZERO));
+        b.add_replica(&plain, Sim::new(10, Duration::ZERO));
+    });
+    let error = refused.unwrap_err();
+    assert!(matches!(error.problems(), [BuildProblem::NotReplicated { name }] if name == "plain"), "{error}");
+    assert_eq!(system.handle(&model).replicas().len(), 3);
+    let report = system.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.entity("model/2").unwrap().stats.handled as usize, by_new);
+}
