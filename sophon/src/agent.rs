@@ -12,7 +12,7 @@ use crossbeam_utils::Backoff;
 
 use crate::backend::{Backend, BoxBackend};
 use crate::context::{Context, Waiting};
-use crate::entity::{Core, EntityState, Envelope, Port};
+use crate::entity::{Core, EntityState, Envelope, Msg, Port};
 use crate::err::BoxError;
 use crate::latency::Histogram;
 use crate::message::HandlerKind;
@@ -27,8 +27,11 @@ pub(crate) struct Agent<I, O> {
     /// traffic of handles sending from outside.
     core: Arc<Core>,
     port: Arc<Port<I, O>>,
-    queries: Receiver<I>,
-    inbox: Receiver<Envelope<I, O>>,
+    queries: Receiver<Msg<I>>,
+    inbox: Receiver<Msg<Envelope<I, O>>>,
+    /// The span the message being handled was sent from (see [`Msg`]).
+    #[cfg(feature = "tracing")]
+    cause: tracing::Span,
     /// Whether the last message came from the inbox rather than the query queue.
     from_inbox: bool,
     /// Messages taken since the agent last looked at the other queue first.
@@ -200,6 +203,8 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             last_kind: HandlerKind::Query,
             queries: port.queries_rx.clone(),
             inbox: port.inbox_rx.clone(),
+            #[cfg(feature = "tracing")]
+            cause: tracing::Span::none(),
             from_inbox: false,
             streak: 0,
             ctx: Context::new(port.core.clone()),
@@ -384,6 +389,8 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 }
                 self.close_batch();
                 let old = std::mem::replace(&mut self.backend, request.backend);
+                #[cfg(feature = "tracing")]
+                tracing::info!(entity = %self.core.name, "backend swapped");
                 let _ = request.reply.send(Ok(old));
                 self.timing.restart();
                 Flow::Continue
@@ -410,21 +417,36 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             }
         }
         let last = if self.from_inbox {
-            self.inbox.try_recv().ok().map(Incoming::Envelope)
+            self.inbox.try_recv().ok().map(|m| Incoming::Envelope(self.open(m)))
         } else {
-            self.queries.try_recv().ok().map(Incoming::Query)
+            self.queries.try_recv().ok().map(|m| Incoming::Query(self.open(m)))
         };
         last.or_else(|| self.try_other())
+    }
+
+    /// The body of a message taken from a queue; with the `tracing` feature, its sender's span
+    /// is kept for the handler's.
+    #[inline(always)]
+    fn open<T>(&mut self, msg: Msg<T>) -> T {
+        #[cfg(feature = "tracing")]
+        {
+            self.cause = msg.cause;
+        }
+        msg.body
     }
 
     /// Takes a message from the queue that did not give the last one, if it holds one.
     fn try_other(&mut self) -> Option<Incoming<I, O>> {
         let other = if self.from_inbox {
-            if self.queries.is_empty() { None } else { self.queries.try_recv().ok().map(Incoming::Query) }
+            if self.queries.is_empty() {
+                None
+            } else {
+                self.queries.try_recv().ok().map(|m| Incoming::Query(self.open(m)))
+            }
         } else if self.inbox.is_empty() {
             None
         } else {
-            self.inbox.try_recv().ok().map(Incoming::Envelope)
+            self.inbox.try_recv().ok().map(|m| Incoming::Envelope(self.open(m)))
         };
         if other.is_some() {
             self.from_inbox = !self.from_inbox;
@@ -449,16 +471,20 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         let (queries, inbox) = (&self.queries, &self.inbox);
         // The port keeps a sender of each queue, so neither ever disconnects.
         const KEPT: &str = "the port keeps a sender of each queue";
-        match self.ctx.next_deadline() {
+        let taken = match self.ctx.next_deadline() {
             None => crossbeam_channel::select! {
-                recv(queries) -> body => Some(Incoming::Query(body.expect(KEPT))),
-                recv(inbox) -> env => Some(Incoming::Envelope(env.expect(KEPT))),
+                recv(queries) -> body => Some(Ok(body.expect(KEPT))),
+                recv(inbox) -> env => Some(Err(env.expect(KEPT))),
             },
             Some(deadline) => crossbeam_channel::select! {
-                recv(queries) -> body => Some(Incoming::Query(body.expect(KEPT))),
-                recv(inbox) -> env => Some(Incoming::Envelope(env.expect(KEPT))),
+                recv(queries) -> body => Some(Ok(body.expect(KEPT))),
+                recv(inbox) -> env => Some(Err(env.expect(KEPT))),
                 default(deadline.saturating_duration_since(Instant::now())) => None,
             },
+        };
+        match taken? {
+            Ok(query) => Some(Incoming::Query(self.open(query))),
+            Err(env) => Some(Incoming::Envelope(self.open(env))),
         }
     }
 
@@ -469,7 +495,8 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
     /// looks, so every query enqueued before it is among the first `len()` in the queue.
     fn catch_up(&mut self) -> Flow {
         for _ in 0..self.queries.len() {
-            let Ok(body) = self.queries.try_recv() else { break };
+            let Ok(msg) = self.queries.try_recv() else { break };
+            let body = self.open(msg);
             if self.handle(HandlerKind::Query, body) == Flow::Failed {
                 return Flow::Failed;
             }
@@ -531,6 +558,18 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         self.last_kind = kind;
         self.received += 1;
         self.core().counters.received.store(self.received, Ordering::Relaxed);
+        // A span per message, the child of the one it was sent from: a conversation is a tree.
+        // `seq` numbers the entity's messages from 1.
+        #[cfg(feature = "tracing")]
+        let span = tracing::info_span!(
+            parent: std::mem::replace(&mut self.cause, tracing::Span::none()).id(),
+            "handle",
+            entity = %self.core.name,
+            kind = ?kind,
+            seq = self.received,
+        );
+        #[cfg(feature = "tracing")]
+        let _entered = span.enter();
         let (backend, ctx) = (&mut self.backend, &mut self.ctx);
         let result = catch_unwind(AssertUnwindSafe(|| match kind {
             HandlerKind::Read => backend.read(body, ctx),
@@ -689,6 +728,8 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
     #[cold]
     fn panicked(&mut self, kind: HandlerKind, payload: Box<dyn Any + Send>) -> Flow {
         let message = panic_message(&*payload);
+        #[cfg(feature = "tracing")]
+        tracing::error!(entity = %self.core.name, handler = ?kind, panic = %message, "handler panicked");
         // A payload that panics when dropped must not take the agent down.
         let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
         *self.core.panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
@@ -731,6 +772,8 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         }
         self.restarts += 1;
         self.core.counters.restarts.store(self.restarts, Ordering::Relaxed);
+        #[cfg(feature = "tracing")]
+        tracing::warn!(entity = %self.core.name, restarts = self.restarts, "backend restarted after a panic");
         self.activate(HandlerKind::Start, |b, ctx| b.start(ctx))
     }
 

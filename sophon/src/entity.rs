@@ -332,9 +332,29 @@ impl Stats {
     }
 }
 
+/// A message in an entity's queue: its body and, with the `tracing` feature, the span it was
+/// sent from (the sender's handler, or the caller's span for a handle), which the handling span
+/// is a child of. Without the feature it is the body alone.
+pub(crate) struct Msg<T> {
+    pub(crate) body: T,
+    #[cfg(feature = "tracing")]
+    pub(crate) cause: tracing::Span,
+}
+
+impl<T> Msg<T> {
+    #[inline(always)]
+    pub(crate) fn new(body: T) -> Self {
+        Msg {
+            body,
+            #[cfg(feature = "tracing")]
+            cause: tracing::Span::current(),
+        }
+    }
+}
+
 /// One of an entity's two queues, as its senders see it.
 pub(crate) struct Queue<T> {
-    tx: Sender<T>,
+    tx: Sender<Msg<T>>,
     bounded: bool,
 }
 
@@ -352,19 +372,21 @@ impl<T> Queue<T> {
     /// agent, which would be waiting for itself.
     #[inline]
     pub(crate) fn push(&self, msg: T, core: &Core) -> Result<(), (T, ErrorKind)> {
+        let msg = Msg::new(msg);
         if !self.bounded {
             // The port holds a receiver, so the channel cannot be disconnected.
-            self.tx.send(msg).map_err(|e| (e.into_inner(), ErrorKind::Stopped))?;
+            self.tx.send(msg).map_err(|e| (e.into_inner().body, ErrorKind::Stopped))?;
             core.wake();
             return Ok(());
         }
         // Room in the queue is the common case: no clock read for the timeout then.
         match self.tx.try_send(msg) {
             Ok(()) => {}
-            Err(e) if core.is_current() => return Err((e.into_inner(), ErrorKind::WouldDeadlock)),
+            Err(e) if core.is_current() => return Err((e.into_inner().body, ErrorKind::WouldDeadlock)),
             Err(e) => wait_for_room(&self.tx, e.into_inner(), || {
                 core.state().refusal().or_else(|| core.shared.expired().then_some(ErrorKind::DeadlinePassed))
-            })?,
+            })
+            .map_err(|(msg, kind)| (msg.body, kind))?,
         }
         core.wake();
         Ok(())
@@ -374,7 +396,7 @@ impl<T> Queue<T> {
     #[inline]
     pub(crate) fn offer(&self, msg: T, core: &Core) -> Result<(), T> {
         // The port holds a receiver, so the channel cannot be disconnected.
-        self.tx.try_send(msg).map_err(|e| e.into_inner())?;
+        self.tx.try_send(Msg::new(msg)).map_err(|e| e.into_inner().body)?;
         core.wake();
         Ok(())
     }
@@ -422,8 +444,8 @@ pub(crate) struct Port<I, O> {
     pub(crate) inbox: Queue<Envelope<I, O>>,
     /// Kept here as well as by the agent so that a stopped or failed entity's queues can still be
     /// drained and counted as undelivered, and so that sends never see a disconnected channel.
-    pub(crate) queries_rx: Receiver<I>,
-    pub(crate) inbox_rx: Receiver<Envelope<I, O>>,
+    pub(crate) queries_rx: Receiver<Msg<I>>,
+    pub(crate) inbox_rx: Receiver<Msg<Envelope<I, O>>>,
     /// The replicas that serve the entity, if it is replicated: then this is its front, and
     /// senders route to them.
     pub(crate) replicas: OnceLock<Arc<ReplicaSet<I, O>>>,
@@ -432,7 +454,7 @@ pub(crate) struct Port<I, O> {
 impl<I: Send + 'static, O: Send + 'static> Port<I, O> {
     /// A port with queues of at most `capacity` messages each, or unbounded ones.
     pub(crate) fn new(core: Arc<Core>, capacity: Option<usize>) -> Self {
-        fn channel<T>(capacity: Option<usize>) -> (Queue<T>, Receiver<T>) {
+        fn channel<T>(capacity: Option<usize>) -> (Queue<T>, Receiver<Msg<T>>) {
             let (tx, rx) = match capacity {
                 Some(capacity) => crossbeam_channel::bounded(capacity),
                 None => crossbeam_channel::unbounded(),
@@ -457,7 +479,7 @@ impl<I: Send + 'static, O: Send + 'static> Port<I, O> {
     /// Takes everything left in both queues and counts queries and reads as undelivered.
     pub(crate) fn drain(&self) -> u64 {
         let mut n = self.queries_rx.try_iter().count() as u64;
-        while let Ok(env) = self.inbox_rx.try_recv() {
+        while let Ok(Msg { body: env, .. }) = self.inbox_rx.try_recv() {
             match env {
                 Envelope::Query(_) | Envelope::Read(_) => n += 1,
                 Envelope::Ask(ask) => {

@@ -467,6 +467,8 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
                     member.estimate_bits.store(rtt.to_bits(), Ordering::Release);
                     member.epoch.fetch_add(1, Ordering::AcqRel);
                     member.culled.store(false, Ordering::Release);
+                    #[cfg(feature = "tracing")]
+                    tracing::info!(replica = %member.port.core.name, probe_ns = rtt as u64, "replica rejoined");
                 }
             }
             Some(_) => {}
@@ -482,6 +484,13 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
                     health.next_probe = Some(now + PROBE_FIRST);
                     health.culls += 1;
                     member.culled.store(true, Ordering::Release);
+                    #[cfg(feature = "tracing")]
+                    tracing::warn!(
+                        replica = %member.port.core.name,
+                        reason = if failing { "failing" } else { "slow" },
+                        estimate_ns = estimate as u64,
+                        "replica culled",
+                    );
                 }
             }
         }
