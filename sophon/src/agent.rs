@@ -21,6 +21,7 @@ use crate::replicas::{Routed, reroute};
 use crate::reply::{Asker, ReplyErrorKind};
 use crate::restart::{FactoryFailed, Supervisor};
 use crate::shared::{Failure, PanicError};
+use crate::window::Window;
 
 pub(crate) struct Agent<I, O> {
     /// The entity's core, held directly: the port's own cache line takes the reference-count
@@ -65,6 +66,10 @@ pub(crate) struct Agent<I, O> {
     /// Full batches (and pool turns that ran out of budget): every `DEPTH_EVERY`th notes the
     /// queues' depth.
     full_batches: u32,
+    /// The quarter-second of the last batch closed, and the messages handled in it (see
+    /// `Stats::per_second`).
+    bucket: u64,
+    in_bucket: u64,
 }
 
 /// What an entity holds between dropping a backend that panicked and getting the next one from
@@ -225,6 +230,8 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             // distribution.
             fast_batches: FAST_SAMPLE - 1,
             full_batches: DEPTH_EVERY - 1,
+            bucket: u64::MAX,
+            in_bucket: 0,
         }
     }
 
@@ -525,6 +532,16 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             // Each message of the batch at the batch's mean (one message, for slow handlers).
             // Batches under a microsecond are sampled, one in `FAST_SAMPLE` standing for them
             // all: a pipeline in lockstep closes a batch per message, at some 40 ns a hop.
+            // What was handled in this quarter-second, for the throughput of the last second.
+            let ticks_per_second = self.timing.ticks_per_us * 1_000_000;
+            let window = self.core.window.get_or_init(|| Box::new(Window::new(ticks_per_second)));
+            let bucket = window.bucket(self.timing.mark);
+            if bucket != self.bucket {
+                self.bucket = bucket;
+                self.in_bucket = 0;
+            }
+            self.in_bucket += u64::from(n);
+            window.note(bucket, self.in_bucket);
             if took >= self.timing.ticks_per_us {
                 self.core.handling.get_or_init(|| Box::new(Histogram::new())).record(took, n, 1);
             } else {

@@ -19,6 +19,7 @@ use crate::pool::Task;
 use crate::replicas::{ReplicaSet, Routed, View, fail_ask, reroute, route_envelope};
 use crate::reply::{AskError, Asker, Reply, ReplyErrorKind};
 use crate::shared::{CLOSING, OPEN, Shared};
+use crate::window::Window;
 
 /// What travels on an entity's inbox: everything but the queries of its query edges.
 pub(crate) enum Envelope<I, O> {
@@ -125,6 +126,8 @@ pub(crate) struct Core {
     pub(crate) room: Room,
     /// How long its handlers take, once it has handled a message.
     pub(crate) handling: OnceLock<Box<Histogram>>,
+    /// What it handled in the last second, once it has handled a message.
+    pub(crate) window: OnceLock<Box<Window>>,
 }
 
 /// Agents of the pool runtime waiting for room in a full bounded queue. They do not wait on
@@ -189,6 +192,7 @@ impl Core {
             task: OnceLock::new(),
             room: Room::default(),
             handling: OnceLock::new(),
+            window: OnceLock::new(),
         }
     }
 
@@ -245,6 +249,7 @@ impl Core {
             queued: queued as u64,
             max_queued: c.max_queued.load(Ordering::Relaxed).max(queued as u64),
             rerouted: c.rerouted.load(Ordering::Relaxed),
+            per_second: self.window.get().map_or(0, |w| w.per_second(clock.raw())),
             busy: Duration::from_nanos(clock.delta_as_nanos(0, c.busy_ticks.load(Ordering::Relaxed))),
             max: Duration::from_nanos(clock.delta_as_nanos(0, max_ticks)),
             handling: self
@@ -303,6 +308,9 @@ pub struct Stats {
     ///
     /// [`SystemBuilder::replicas`]: crate::SystemBuilder::replicas
     pub rerouted: u64,
+    /// Queries and reads handled per second over the last second (counted by batches of
+    /// messages, so a batch in progress is not in it yet).
+    pub per_second: u64,
 }
 
 impl Stats {
@@ -328,6 +336,7 @@ impl Stats {
                 p99: a.handling.p99.max(b.handling.p99),
             },
             rerouted: a.rerouted + b.rerouted,
+            per_second: a.per_second + b.per_second,
         })
     }
 }

@@ -105,6 +105,7 @@ mod reply;
 mod restart;
 mod shared;
 mod system;
+mod window;
 
 #[doc(hidden)]
 #[path = "private.rs"]

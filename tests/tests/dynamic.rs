@@ -512,3 +512,28 @@ fn the_deepest_queue_is_remembered() {
     assert_eq!((stats.handled, stats.queued), (1_000, 0));
     assert!(stats.max_queued >= 990, "{stats:?}");
 }
+
+#[test]
+fn throughput_is_counted_over_the_last_second() {
+    let mut b = SystemBuilder::new();
+    let worker = b.entity("worker", pass::<u32>());
+    let system = b.spawn().unwrap();
+    let handle = system.handle(&worker);
+    assert_eq!(handle.stats().unwrap().per_second, 0);
+    // About 2,000 a second for 1.5 s: a query every half millisecond.
+    let start = std::time::Instant::now();
+    let mut sent = 0u32;
+    while start.elapsed() < Duration::from_millis(1_500) {
+        let due = start + Duration::from_micros(500) * sent;
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        handle.query(sent).unwrap();
+        sent += 1;
+    }
+    common::wait_until(|| handle.stats().unwrap().handled == u64::from(sent));
+    let busy = handle.stats().unwrap().per_second;
+    assert!((1_200..=2_400).contains(&busy), "{busy} a second, at about 2,000 a second");
+    // A second and a half later, with nothing sent, the window has emptied.
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(handle.stats().unwrap().per_second, 0);
+    system.shutdown(DEADLINE);
+}
