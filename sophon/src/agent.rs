@@ -70,6 +70,15 @@ pub(crate) struct Agent<I, O> {
     /// `Stats::per_second`).
     bucket: u64,
     in_bucket: u64,
+    /// A measure of the queues' waiting time under way: how many of the messages queued when
+    /// it began are still to be taken, and when it began (raw clock ticks).
+    probe: Option<(u64, u64)>,
+    /// Times the queues ran dry: every `DEPTH_EVERY`th is a wait of nothing.
+    idles: u32,
+    /// Messages received when the waiting time was last sampled: the next sample stands for
+    /// those since.
+    sampled_at: u64,
+    max_wait: u64,
 }
 
 /// What an entity holds between dropping a backend that panicked and getting the next one from
@@ -232,6 +241,10 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             full_batches: DEPTH_EVERY - 1,
             bucket: u64::MAX,
             in_bucket: 0,
+            probe: None,
+            idles: 0,
+            sampled_at: 0,
+            max_wait: 0,
         }
     }
 
@@ -278,6 +291,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             let incoming = match self.try_next() {
                 Some(incoming) => incoming,
                 None => {
+                    self.ran_dry();
                     self.close_batch();
                     let incoming = self.wait();
                     self.timing.restart();
@@ -315,6 +329,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 return Err(EntityState::Failed);
             }
             let Some(incoming) = self.try_next() else {
+                self.ran_dry();
                 self.close_batch();
                 if self.ctx.has_deferred()
                     && let Some(step) = self.flush()
@@ -361,6 +376,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
     /// Handles one message; `End` when the agent is done.
     #[inline(always)]
     fn dispatch(&mut self, incoming: Incoming<I, O>) -> Next {
+        self.took_one();
         if self.bounded {
             // A sender may wait for the room this message made.
             self.core.room.wake();
@@ -503,6 +519,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
     fn catch_up(&mut self) -> Flow {
         for _ in 0..self.queries.len() {
             let Ok(msg) = self.queries.try_recv() else { break };
+            self.took_one();
             let body = self.open(msg);
             if self.handle(HandlerKind::Query, body) == Flow::Failed {
                 return Flow::Failed;
@@ -511,13 +528,58 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         Flow::Continue
     }
 
-    /// Notes how many messages wait in the queues now, if more than ever before.
+    /// Notes how many messages wait in the queues now, if more than ever before; and, unless
+    /// one is under way, starts a measure of how long a message arriving now will wait: the
+    /// time until the messages queued ahead of it are taken (see `Stats::waiting`).
     #[cold]
     fn note_depth(&mut self) {
         let depth = (self.queries.len() + self.inbox.len()) as u64;
         if depth > self.max_queued {
             self.max_queued = depth;
             self.core.counters.max_queued.store(depth, Ordering::Relaxed);
+        }
+        if self.probe.is_none() {
+            if depth == 0 {
+                self.sample_wait(0);
+            } else {
+                self.probe = Some((depth, self.timing.clock.raw()));
+            }
+        }
+    }
+
+    /// Counts a message taken from the queues against the waiting-time measure under way.
+    #[inline(always)]
+    fn took_one(&mut self) {
+        if let Some((ahead, started)) = &mut self.probe {
+            *ahead -= 1;
+            if *ahead == 0 {
+                let started = *started;
+                self.probe = None;
+                let waited = self.timing.clock.raw().saturating_sub(started);
+                self.sample_wait(waited);
+            }
+        }
+    }
+
+    /// The queues ran dry: every `DEPTH_EVERY`th time, a message arriving now waits for
+    /// nothing.
+    #[inline]
+    fn ran_dry(&mut self) {
+        self.idles = self.idles.wrapping_add(1);
+        if self.idles.is_multiple_of(DEPTH_EVERY) && self.probe.is_none() {
+            self.sample_wait(0);
+        }
+    }
+
+    /// Records a waiting time, standing for every message received since the last one.
+    #[cold]
+    fn sample_wait(&mut self, ticks: u64) {
+        let weight = u32::try_from(self.received.saturating_sub(self.sampled_at)).unwrap_or(u32::MAX).max(1);
+        self.sampled_at = self.received;
+        self.core.waiting.get_or_init(|| Box::new(Histogram::new())).record(ticks, 1, weight);
+        if ticks > self.max_wait {
+            self.max_wait = ticks;
+            self.core.counters.max_wait_ticks.store(ticks, Ordering::Relaxed);
         }
     }
 

@@ -537,3 +537,33 @@ fn throughput_is_counted_over_the_last_second() {
     assert_eq!(handle.stats().unwrap().per_second, 0);
     system.shutdown(DEADLINE);
 }
+
+#[test]
+fn time_waiting_in_the_queue_is_a_distribution() {
+    let mut b = SystemBuilder::new();
+    let slow = b.entity_with(
+        "slow",
+        from_fn(|_: u32, _: &mut Context<u32>| {
+            std::thread::sleep(Duration::from_millis(1));
+            Ok(())
+        }),
+        sophon::EntityOptions::new().thread(),
+    );
+    let quick = b.entity("quick", pass::<u32>());
+    let system = b.spawn().unwrap();
+    // 300 at once: the last waits for the 299 before it, some 300 ms.
+    for n in 0..300 {
+        system.handle(&slow).query(n).unwrap();
+    }
+    // One at a time: none waits.
+    for n in 0..300 {
+        system.handle(&quick).query(n).unwrap();
+        common::wait_until(|| system.handle(&quick).stats().unwrap().handled == u64::from(n) + 1);
+    }
+    let report = system.shutdown(DEADLINE);
+    let waiting = report.entity("slow").unwrap().stats.waiting;
+    assert!(waiting.p50 >= Duration::from_millis(50) && waiting.p50 <= Duration::from_millis(400), "{waiting:?}");
+    assert!(waiting.p99 >= Duration::from_millis(150) && waiting.p99 >= waiting.p90, "{waiting:?}");
+    let waiting = report.entity("quick").unwrap().stats.waiting;
+    assert!(waiting.p99 < Duration::from_millis(1), "{waiting:?}");
+}
