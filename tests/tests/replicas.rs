@@ -118,6 +118,11 @@ fn four_replicas_of_one_one_one_and_ten_ms_send_nine_tenths_to_the_fast_three() 
     let distinct: HashSet<u32> = answers.iter().map(|&(_, n)| n).collect();
     assert_eq!(distinct.len(), 2_000, "every query answered once");
 
+    // The running graph draws the entity as a hexagon, and each replica's share.
+    let drawn = system.mermaid();
+    assert!(drawn.contains("n0{{\"model\"}}"), "{drawn}");
+    assert!(drawn.contains(" --o|\""), "{drawn}");
+    assert!(drawn.contains("% \"| n") || drawn.contains("%\"| n"), "{drawn}");
     let report = system.shutdown(DEADLINE);
     assert!(report.is_clean(), "{report}");
     let fast: u64 = (0..3).map(|i| replica_handled(&report, &format!("model/{i}"))).sum();
@@ -229,9 +234,11 @@ fn a_saved_ranking_routes_the_first_query_of_a_new_run_to_the_fast_replica() {
         let answers = drive(|n| handle.query(n).unwrap(), &out, 0, 40, 1);
         (answers[0].0, system.shutdown(DEADLINE))
     };
-    // A first run learns; its report's ranking is what a program would save.
+    // A first run learns; its report's ranking is what a program would save, and read back.
     let (_, report) = run(Vec::new());
-    let learnt = report.rankings.clone();
+    let saved = serde_json::to_string(&report.rankings).unwrap();
+    let learnt: Vec<Ranking> = serde_json::from_str(&saved).unwrap();
+    assert_eq!(learnt, report.rankings);
     assert_eq!(learnt[0].best().unwrap().name, "model/1", "{learnt:?}");
     for _ in 0..10 {
         let (first, _) = run(learnt.clone());
