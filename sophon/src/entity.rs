@@ -776,6 +776,14 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     /// The rest of the system keeps running; later sends to this entity fail.
     pub fn stop(&self) -> Result<(), Error> {
         let port = self.port()?;
+        if let Some(view) = &self.router {
+            // A replicated entity stops with its replicas, each behind what is queued for it.
+            for member in view.set().members().iter() {
+                if member.port.core.state() == EntityState::Running {
+                    let _ = member.port.enqueue(Envelope::Nop);
+                }
+            }
+        }
         match port.core.state().refusal() {
             Some(kind) => Err(Error::new(kind, self.core.name.clone())),
             None => port.enqueue(Envelope::Nop).map_err(|(_, kind)| Error::new(kind, self.core.name.clone())),

@@ -11,8 +11,8 @@
 //! estimate times (in flight + 1), as tower's `balance::p2c` over `PeakEwma` and Finagle's
 //! aperture do.
 //!
-//! A replica that fails three messages in a row, or whose estimate stays above four times the
-//! median of the others' (and a millisecond above it), is culled: it gets no new messages but
+//! A replica that fails three messages in a row, or answers two in a row each above four times
+//! the median of the others' estimates (and a millisecond above it), is culled: it gets no new messages but
 //! probes, the first after 50 ms and then each after twice as long as the last (up to 2 s), and
 //! rejoins when a probe succeeds (in time, if it was culled as slow). The last live replica is
 //! never culled. A culled replica passes the messages queued at it on to the others instead of
@@ -48,8 +48,9 @@ const CULL_AFTER_FAILURES: u32 = 3;
 const SLOW_FACTOR: f64 = 4.0;
 /// ...if it is also this far above it, so that microseconds of noise cull nothing.
 const SLOW_MARGIN: Duration = Duration::from_millis(1);
-/// Samples a replica needs before it can be culled as slow.
-const SLOW_SAMPLES: u64 = 2;
+/// Answers in a row each that much slower than the others' median that cull a replica as slow:
+/// one late answer (a page fault, a preempted thread) culls nothing.
+const SLOW_IN_A_ROW: u32 = 2;
 /// A probe of a replica culled as slow must take at most this many times the others' median for
 /// it to rejoin.
 const REJOIN_FACTOR: f64 = 2.0;
@@ -281,7 +282,8 @@ struct Health {
     failures: u32,
     /// The replica's latency over all relationships.
     estimate: Ewma,
-    samples: u64,
+    /// Answers in a row far slower than the others'.
+    slow_in_a_row: u32,
     culled: Option<Cull>,
     next_probe: Option<Instant>,
     backoff: Duration,
@@ -386,7 +388,7 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
             health: Mutex::new(Health {
                 failures: 0,
                 estimate: Ewma::new(now),
-                samples: 0,
+                slow_in_a_row: 0,
                 culled: None,
                 next_probe: None,
                 backoff: PROBE_FIRST,
@@ -447,7 +449,9 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
             health.failures += 1;
         }
         health.estimate.observe(rtt, now);
-        health.samples += 1;
+        let far_slower =
+            median.is_some_and(|median| rtt > median * SLOW_FACTOR && rtt > median + SLOW_MARGIN.as_nanos() as f64);
+        health.slow_in_a_row = if far_slower { health.slow_in_a_row + 1 } else { 0 };
         let estimate = health.estimate.current(now).unwrap_or(rtt);
         member.estimate_bits.store(estimate.to_bits(), Ordering::Release);
         match health.culled {
@@ -462,6 +466,7 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
                     health.next_probe = None;
                     health.backoff = PROBE_FIRST;
                     health.failures = 0;
+                    health.slow_in_a_row = 0;
                     health.estimate.reset(rtt, now);
                     health.rejoined_at = Some(rtt);
                     member.estimate_bits.store(rtt.to_bits(), Ordering::Release);
@@ -473,10 +478,7 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
             }
             Some(_) => {}
             None => {
-                let slow = health.samples >= SLOW_SAMPLES
-                    && median.is_some_and(|median| {
-                        estimate > median * SLOW_FACTOR && estimate > median + SLOW_MARGIN.as_nanos() as f64
-                    });
+                let slow = health.slow_in_a_row >= SLOW_IN_A_ROW;
                 let failing = health.failures >= CULL_AFTER_FAILURES;
                 if (slow || failing) && self.has_live_other(member.slot) {
                     health.culled = Some(if failing { Cull::Failing } else { Cull::Slow });

@@ -183,9 +183,16 @@ fn swaps_restarts_panics_and_culled_replicas_are_events() {
     touchy.query(13).unwrap();
     touchy.swap(Touchy(down.clone())).unwrap();
     let model = system.handle(&model);
-    for n in 0..100 {
-        model.query(100 + n).unwrap();
-        let _ = out.recv_timeout(Duration::from_millis(50));
+    // Until the failing replica is culled: three of its failures in a row, however the
+    // routing spreads the queries.
+    let culled = || system.rankings().iter().flat_map(|r| &r.replicas).any(|r| r.name == "ev-model/1" && r.culled);
+    let started = std::time::Instant::now();
+    let mut n = 100;
+    while !culled() {
+        assert!(started.elapsed() < DEADLINE, "ev-model/1 was never culled");
+        model.query(n).unwrap();
+        let _ = out.recv_timeout(Duration::from_millis(20));
+        n += 1;
     }
     system.shutdown(DEADLINE);
 
