@@ -317,7 +317,8 @@ pub struct Stats {
     pub handling: Latency,
     /// Of a replica (see [`SystemBuilder::replicas`]): messages routed to it that it passed on
     /// to another replica instead of handling them, because it was culled, stopped or failed
-    /// with them queued. They are handled there, not lost.
+    /// with them queued, and queries whose handler panicked here, tried once more at another
+    /// replica. They are handled there, not lost.
     ///
     /// [`SystemBuilder::replicas`]: crate::SystemBuilder::replicas
     pub rerouted: u64,
