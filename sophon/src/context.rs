@@ -208,21 +208,28 @@ fn flush_into<T>(core: &Core, queue: &Queue<T>, deferred: &mut VecDeque<T>, me: 
             Ok(()) => flushed.delivered += 1,
             Err(msg) => {
                 deferred.push_front(msg);
-                match me {
-                    // Registered, then tried once more: room made in between is not missed.
-                    Some(me) if !registered => {
-                        core.room.wait(me);
-                        registered = true;
-                    }
-                    _ => {
-                        flushed.waiting = Waiting::OnEntity;
-                        break;
-                    }
+                if !retry_after_registering(core, me, &mut registered) {
+                    flushed.waiting = Waiting::OnEntity;
+                    break;
                 }
             }
         }
     }
     flushed
+}
+
+/// A deferred send found `core`'s queue full. The first time, registers the sending agent's
+/// task `me` to be woken when there is room, and says to try once more, so that room made in
+/// between is not missed; after that (or with no task to wake), says to stop and wait.
+pub(crate) fn retry_after_registering(core: &Core, me: Option<&Arc<Task>>, registered: &mut bool) -> bool {
+    match me {
+        Some(me) if !*registered => {
+            core.room.wait(me);
+            *registered = true;
+            true
+        }
+        _ => false,
+    }
 }
 
 /// An edge out of the system, to a channel the user reads.

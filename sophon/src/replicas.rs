@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
-use crate::context::{Context, Flushed, Outlet, Sent, Waiting};
+use crate::context::{Context, Flushed, Outlet, Sent, Waiting, retry_after_registering};
 use crate::entity::{Core, EntityState, Envelope, Port};
 use crate::err::{BoxError, ErrorKind};
 use crate::pool::Task;
@@ -957,16 +957,9 @@ where
                 }
                 Err(Refused::Full(body, _, core)) => {
                     self.deferred.push_front(body);
-                    match me {
-                        // Registered, then tried once more: room made in between is not missed.
-                        Some(me) if !registered => {
-                            core.room.wait(me);
-                            registered = true;
-                        }
-                        _ => {
-                            flushed.waiting = Waiting::OnEntity;
-                            break;
-                        }
+                    if !retry_after_registering(&core, me, &mut registered) {
+                        flushed.waiting = Waiting::OnEntity;
+                        break;
                     }
                 }
             }
