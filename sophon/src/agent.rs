@@ -723,6 +723,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         let Routed { body, asker, ticket } = routed;
         let (errors, panics) = (self.errors, self.panics);
         let spare = ticket.spare(&body, asker.is_some());
+        let began = Instant::now();
         let flow = match asker {
             Some(asker) => self.handle_ask(body, asker),
             None => self.handle(HandlerKind::Query, body),
@@ -734,7 +735,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         {
             self.core.counters.rerouted.fetch_add(1, Ordering::AcqRel);
         }
-        ticket.complete(self.errors == errors && !panicked);
+        ticket.complete(self.errors == errors && !panicked, began);
         flow
     }
 

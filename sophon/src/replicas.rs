@@ -11,8 +11,8 @@
 //! estimate times (in flight + 1), as tower's `balance::p2c` over `PeakEwma` and Finagle's
 //! aperture do.
 //!
-//! A replica that fails three messages in a row, or answers two in a row each above four times
-//! the median of the others' estimates (and a millisecond above it), is culled: it gets no new messages but
+//! A replica that fails three messages in a row, or whose handler takes two in a row each above
+//! four times the median of the others' (and a millisecond above it), is culled: it gets no new messages but
 //! probes, the first after 50 ms and then each after twice as long as the last (up to 2 s), and
 //! rejoins when a probe succeeds (in time, if it was culled as slow). The last live replica is
 //! never culled. A culled replica passes the messages queued at it on to the others instead of
@@ -112,14 +112,18 @@ impl<I: Send + 'static, O: Send + 'static> Ticket<I, O> {
     }
 
     /// Tells the sender's lane and the replica's health how the handler went.
-    pub(crate) fn complete(self, ok: bool) {
+    /// The sender's lane learns the message's whole time, from its send to the end of its
+    /// handler (`began` is when the handler began): what routing weighs. The replica's health
+    /// learns the handler's time alone: a replica with a backlog is busy, not sick.
+    pub(crate) fn complete(self, ok: bool, began: Instant) {
         let now = Instant::now();
         let rtt = now.saturating_duration_since(self.sent).as_nanos() as f64;
+        let service = now.saturating_duration_since(began).as_nanos() as f64;
         if !ok {
             self.lane.failed.fetch_add(1, Ordering::Relaxed);
         }
         self.lane.done(rtt, now, self.member.epoch.load(Ordering::Acquire));
-        self.view.set.observe(&self.member, ok, rtt, self.probe, now);
+        self.view.set.observe(&self.member, ok, service, self.probe, now);
     }
 
     /// Takes a message that will never be handled off its lane.
@@ -438,9 +442,10 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
         Some(estimates[estimates.len() / 2])
     }
 
-    /// Learns from a handled message: culls a replica that keeps failing or is far slower than
-    /// the others, and lets a culled one whose probe went well rejoin.
-    fn observe(&self, member: &Member<I, O>, ok: bool, rtt: f64, probe: bool, now: Instant) {
+    /// Learns from a handled message (its handler's time, `service`): culls a replica that keeps
+    /// failing or is far slower than the others, and lets a culled one whose probe went well
+    /// rejoin.
+    fn observe(&self, member: &Member<I, O>, ok: bool, service: f64, probe: bool, now: Instant) {
         let median = self.median_of_others(member.slot);
         let mut health = lock(&member.health);
         if ok {
@@ -448,17 +453,17 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
         } else {
             health.failures += 1;
         }
-        health.estimate.observe(rtt, now);
-        let far_slower =
-            median.is_some_and(|median| rtt > median * SLOW_FACTOR && rtt > median + SLOW_MARGIN.as_nanos() as f64);
+        health.estimate.observe(service, now);
+        let far_slower = median
+            .is_some_and(|median| service > median * SLOW_FACTOR && service > median + SLOW_MARGIN.as_nanos() as f64);
         health.slow_in_a_row = if far_slower { health.slow_in_a_row + 1 } else { 0 };
-        let estimate = health.estimate.current(now).unwrap_or(rtt);
+        let estimate = health.estimate.current(now).unwrap_or(service);
         member.estimate_bits.store(estimate.to_bits(), Ordering::Release);
         match health.culled {
             Some(why) if probe => {
                 let healthy = ok
                     && match (why, median) {
-                        (Cull::Slow, Some(median)) => rtt <= median * REJOIN_FACTOR,
+                        (Cull::Slow, Some(median)) => service <= median * REJOIN_FACTOR,
                         _ => true,
                     };
                 if healthy {
@@ -467,13 +472,13 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
                     health.backoff = PROBE_FIRST;
                     health.failures = 0;
                     health.slow_in_a_row = 0;
-                    health.estimate.reset(rtt, now);
-                    health.rejoined_at = Some(rtt);
-                    member.estimate_bits.store(rtt.to_bits(), Ordering::Release);
+                    health.estimate.reset(service, now);
+                    health.rejoined_at = Some(service);
+                    member.estimate_bits.store(service.to_bits(), Ordering::Release);
                     member.epoch.fetch_add(1, Ordering::AcqRel);
                     member.culled.store(false, Ordering::Release);
                     #[cfg(feature = "tracing")]
-                    tracing::info!(replica = %member.port.core.name, probe_ns = rtt as u64, "replica rejoined");
+                    tracing::info!(replica = %member.port.core.name, probe_ns = service as u64, "replica rejoined");
                 }
             }
             Some(_) => {}

@@ -411,3 +411,28 @@ fn a_replica_added_while_the_system_runs_takes_its_share_with_the_entitys_edges(
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.entity("model/2").unwrap().stats.handled as usize, by_new);
 }
+
+#[test]
+fn bounded_replicas_take_a_burst_from_an_edge_in_order_per_replica_and_lose_nothing() {
+    let sims: Vec<Sim> = (0..3).map(|i| Sim::new(i, Duration::from_micros(50))).collect();
+    let mut b = SystemBuilder::new();
+    let source = b.entity("source", common_pass());
+    let model = b.replicas_with("model", boxed(&sims), sophon::EntityOptions::new().bounded(2));
+    b.query_edge(&source, &model);
+    let out = b.output(&model, "out");
+    let system = b.spawn().unwrap();
+    for n in 0..2_000 {
+        system.handle(&source).query(n).unwrap();
+    }
+    let mut last = [None::<u32>; 3];
+    let mut seen = HashSet::new();
+    for _ in 0..2_000 {
+        let (id, n) = out.recv_timeout(DEADLINE).expect("every query is answered");
+        assert!(seen.insert(n), "{n} twice");
+        // One sender, one replica: in the order sent.
+        assert!(last[id].is_none_or(|before| before < n), "replica {id} answered {n} after {last:?}");
+        last[id] = Some(n);
+    }
+    let report = system.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+}
