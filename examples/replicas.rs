@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Queries arrive at 400 a second. Replica 0 takes 2 ms, replica 1 takes 4 ms, replica 2 takes 1
-//! ms; after 3 s replica 2 slows to 30 ms, and after 6 s it is fast again. Every second the
+//! ms; after 3 s replica 2 slows to 50 ms, and after 6 s it is fast again. Every second the
 //! example prints each replica's share of the queries of that second and the 99th percentile of
 //! their latency (from send to answer), and which replica is culled. It ends by itself after 9 s
 //! with the entity's ranking of its replicas, which a later run could start from
@@ -84,8 +84,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for second in 1..=SECONDS {
         match second {
             4 => {
-                delays[2].store(30_000, Ordering::Relaxed);
-                println!("-- replica 2 slows down to 30 ms --");
+                delays[2].store(50_000, Ordering::Relaxed);
+                println!("-- replica 2 slows down to 50 ms --");
             }
             7 => {
                 delays[2].store(1_000, Ordering::Relaxed);

@@ -11,8 +11,8 @@
 //! estimate times (in flight + 1), as tower's `balance::p2c` over `PeakEwma` and Finagle's
 //! aperture do.
 //!
-//! A replica that fails three messages in a row, or whose handler takes two in a row each above
-//! four times the median of the others' (and a millisecond above it), is culled: it gets no new messages but
+//! A replica that fails three messages in a row, or whose handler takes twice in a row more than
+//! four times the median of the others' (and a millisecond more), is culled: it gets no new messages but
 //! probes, the first after 50 ms and then each after twice as long as the last (up to 2 s), and
 //! rejoins when a probe succeeds (in time, if it was culled as slow). The last live replica is
 //! never culled. A culled replica passes the messages queued at it on to the others instead of
@@ -48,8 +48,8 @@ const CULL_AFTER_FAILURES: u32 = 3;
 const SLOW_FACTOR: f64 = 4.0;
 /// ...if it is also this far above it, so that microseconds of noise cull nothing.
 const SLOW_MARGIN: Duration = Duration::from_millis(1);
-/// Answers in a row each that much slower than the others' median that cull a replica as slow:
-/// one late answer (a page fault, a preempted thread) culls nothing.
+/// Handlers in a row each that much slower that cull a replica as slow: one late answer (a
+/// page fault, a preempted thread) culls nothing.
 const SLOW_IN_A_ROW: u32 = 2;
 /// A probe of a replica culled as slow must take at most this many times the others' median for
 /// it to rejoin.
@@ -284,8 +284,10 @@ enum Cull {
 struct Health {
     /// Failures in a row.
     failures: u32,
-    /// The replica's latency over all relationships.
-    estimate: Ewma,
+    /// The replica's handler time, over all relationships: a plain moving average (each
+    /// answer weighs a fifth), against which the others' slowness is judged. Not peak-sensitive:
+    /// a replica's passing hiccup must not make the others look fast.
+    service: Option<f64>,
     /// Answers in a row far slower than the others'.
     slow_in_a_row: u32,
     culled: Option<Cull>,
@@ -381,7 +383,6 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
     /// Adds a replica, whose routed messages are counted in `routed`.
     pub(crate) fn add(&self, port: Arc<Port<I, O>>, routed: Arc<AtomicU64>) {
         let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
         let member = Arc::new(Member {
             port,
             slot: members.len(),
@@ -391,7 +392,7 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
             routed: routed.clone(),
             health: Mutex::new(Health {
                 failures: 0,
-                estimate: Ewma::new(now),
+                service: None,
                 slow_in_a_row: 0,
                 culled: None,
                 next_probe: None,
@@ -453,11 +454,12 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
         } else {
             health.failures += 1;
         }
-        health.estimate.observe(service, now);
+        let average = health.service.map_or(service, |average| average * 0.8 + service * 0.2);
+        health.service = Some(average);
         let far_slower = median
             .is_some_and(|median| service > median * SLOW_FACTOR && service > median + SLOW_MARGIN.as_nanos() as f64);
         health.slow_in_a_row = if far_slower { health.slow_in_a_row + 1 } else { 0 };
-        let estimate = health.estimate.current(now).unwrap_or(service);
+        let estimate = average;
         member.estimate_bits.store(estimate.to_bits(), Ordering::Release);
         match health.culled {
             Some(why) if probe => {
@@ -472,7 +474,7 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
                     health.backoff = PROBE_FIRST;
                     health.failures = 0;
                     health.slow_in_a_row = 0;
-                    health.estimate.reset(service, now);
+                    health.service = Some(service);
                     health.rejoined_at = Some(service);
                     member.estimate_bits.store(service.to_bits(), Ordering::Release);
                     member.epoch.fetch_add(1, Ordering::AcqRel);
@@ -636,11 +638,25 @@ impl<I: Send + 'static, O: Send + 'static> View<I, O> {
                 .find(|r| r.entity == entity && r.relationship == *self.relationship)
                 .or_else(|| seeds.iter().find(|r| r.entity == entity));
             let Some(ranking) = ranking else { return };
+            // A replica that was culled starts as far costlier than the worst of the others.
+            let worst_live = ranking
+                .replicas
+                .iter()
+                .filter(|r| !r.culled)
+                .filter_map(|r| r.estimate)
+                .max()
+                .map_or(0.0, |e| e.as_nanos() as f64);
             for member in members {
-                let known = ranking.replicas.iter().find(|r| *r.name == *member.port.core.name);
-                if let Some(estimate) = known.and_then(|r| r.estimate) {
+                let Some(known) = ranking.replicas.iter().find(|r| *r.name == *member.port.core.name) else {
+                    continue;
+                };
+                if let Some(estimate) = known.estimate {
+                    let mut estimate = estimate.as_nanos() as f64;
+                    if known.culled {
+                        estimate = estimate.max(worst_live * SLOW_FACTOR);
+                    }
                     let lane = self.lane(member.slot, now);
-                    lock(&lane.estimate).0.reset(estimate.as_nanos() as f64, now);
+                    lock(&lane.estimate).0.reset(estimate, now);
                 }
             }
         });
@@ -792,7 +808,8 @@ impl<I: Send + 'static, O: Send + 'static> View<I, O> {
                 }
             })
             .collect();
-        replicas.sort_by_key(|r| (r.estimate.is_none(), r.estimate));
+        // Culled ones last: they get nothing but probes, whatever their estimate says.
+        replicas.sort_by_key(|r| (r.culled, r.estimate.is_none(), r.estimate));
         Ranking { entity: self.set.front.name.to_string(), relationship: self.relationship.to_string(), replicas }
     }
 }
@@ -813,7 +830,7 @@ pub struct Ranking {
     /// Who sends to it: the entity at the other end of an edge into it, or [`HANDLES`] for the
     /// system's handles.
     pub relationship: String,
-    /// Its replicas, cheapest first; those never measured last.
+    /// Its replicas, cheapest first; those never measured after them, and those culled last.
     pub replicas: Vec<RankedReplica>,
 }
 
