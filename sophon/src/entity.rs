@@ -255,6 +255,7 @@ impl Core {
             max_queued: c.max_queued.load(Ordering::Relaxed).max(queued as u64),
             rerouted: c.rerouted.load(Ordering::Relaxed),
             per_second: self.window.get().map_or(0, |w| w.per_second(clock.raw())),
+            max_waiting: Duration::from_nanos(clock.delta_as_nanos(0, c.max_wait_ticks.load(Ordering::Relaxed))),
             waiting: self
                 .waiting
                 .get()
@@ -333,6 +334,8 @@ pub struct Stats {
     /// dry counts as a wait of nothing. Each sample stands for the messages taken since the one
     /// before, so the figures are per message. An entity that has not been busy has none.
     pub waiting: Latency,
+    /// The longest of those sampled waits.
+    pub max_waiting: Duration,
 }
 
 impl Stats {
@@ -359,6 +362,7 @@ impl Stats {
             },
             rerouted: a.rerouted + b.rerouted,
             per_second: a.per_second + b.per_second,
+            max_waiting: a.max_waiting.max(b.max_waiting),
             waiting: Latency {
                 p50: a.waiting.p50.max(b.waiting.p50),
                 p90: a.waiting.p90.max(b.waiting.p90),

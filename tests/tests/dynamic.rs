@@ -564,6 +564,8 @@ fn time_waiting_in_the_queue_is_a_distribution() {
     let waiting = report.entity("slow").unwrap().stats.waiting;
     assert!(waiting.p50 >= Duration::from_millis(50) && waiting.p50 <= Duration::from_millis(400), "{waiting:?}");
     assert!(waiting.p99 >= Duration::from_millis(150) && waiting.p99 >= waiting.p90, "{waiting:?}");
+    let max = report.entity("slow").unwrap().stats.max_waiting;
+    assert!(max >= waiting.p99 && max < Duration::from_secs(2), "{max:?}");
     let waiting = report.entity("quick").unwrap().stats.waiting;
     assert!(waiting.p99 < Duration::from_millis(1), "{waiting:?}");
 }
