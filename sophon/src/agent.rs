@@ -389,6 +389,13 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 self.handle_ask(body, asker)
             }
             Incoming::Envelope(Envelope::Routed(routed)) => self.handle_routed(*routed),
+            Incoming::Envelope(Envelope::Tracked(tracked)) => {
+                let (body, read, done) = *tracked;
+                let (errors, panics) = (self.errors, self.panics);
+                let flow = self.handle(if read { HandlerKind::Read } else { HandlerKind::Query }, body);
+                let _ = done.send(self.errors == errors && self.panics == panics);
+                flow
+            }
             Incoming::Envelope(Envelope::Nop) => {
                 let flow = self.catch_up();
                 self.close_batch();

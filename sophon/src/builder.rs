@@ -699,6 +699,64 @@ impl SystemBuilder {
         member
     }
 
+    /// Adds an entity of another process, `name` on `bus`, which that process exports (see
+    /// [`export`](Self::export)): edges into it, and its handle, send to it there. Its input is
+    /// encoded with serde and postcard. Its answers stay in the other process.
+    #[cfg(feature = "bus")]
+    pub fn import<I, O>(&mut self, bus: &crate::bus::Bus, name: &str) -> Node<I, O>
+    where
+        I: serde::Serialize + Send + 'static,
+        O: Send + 'static,
+    {
+        match crate::bus::Remote::<I, O>::new(bus, name) {
+            Ok(remote) => self.entity(name, remote),
+            Err(error) => {
+                self.problems.push(BuildProblem::Bus { name: name.to_string(), error: error.to_string() });
+                self.add(name, vacant(), None, EntityOptions::new())
+            }
+        }
+    }
+
+    /// Exports `node`'s entity on `bus`, for other processes to import: a reader, the entity
+    /// `bus:name`, takes what they send from the entity's stream (as one consumer of its group,
+    /// shared by every process that exports it) and hands it to the entity, acknowledging each
+    /// message once its handler has returned. What is taken but not yet handled when this
+    /// process dies stays pending in the group, and is taken again by the next reader.
+    #[cfg(feature = "bus")]
+    pub fn export<I, O>(&mut self, node: &Node<I, O>, bus: &crate::bus::Bus) -> &mut Self
+    where
+        I: serde::de::DeserializeOwned + Send + 'static,
+        O: Send + 'static,
+    {
+        if !self.usable(node) {
+            return self;
+        }
+        let port = self.graph.ports[node.index]
+            .clone()
+            .as_any()
+            .downcast::<Port<I, O>>()
+            .expect("a node's types are those of its entity");
+        let target = crate::entity::Handle::new(&port);
+        let name = format!("bus:{}", target.name());
+        match crate::bus::Reader::new(bus, target, uuid::Uuid::new_v4().to_string()) {
+            Ok(reader) => {
+                let reader = self.entity_with(&name, reader, EntityOptions::new().thread());
+                // Not an edge any agent sends along, but the order in which they stop: the
+                // reader before the entity it feeds.
+                self.graph.edges.push(EdgeSpec {
+                    from: reader.index,
+                    to: node.index,
+                    port: None,
+                    kind: EdgeKind::Query,
+                    intended_loop: false,
+                    carried: Arc::new(AtomicU64::new(0)),
+                });
+            }
+            Err(error) => self.problems.push(BuildProblem::Bus { name, error: error.to_string() }),
+        }
+        self
+    }
+
     /// The replicas of `node`'s entity, if it is replicated.
     fn set_of<I: Send + 'static, O: Send + 'static>(&self, node: &Node<I, O>) -> Option<Arc<ReplicaSet<I, O>>> {
         if node.builder != self.id || node.index >= self.graph.ports.len() {

@@ -37,6 +37,10 @@ pub(crate) enum Envelope<I, O> {
     /// A query or ask routed to this entity as one replica of a replicated entity (see
     /// `replicas`), with what its sender learns from it.
     Routed(Box<Routed<I, O>>),
+    /// A query (or, if the flag says so, a read) whose handler's end is told on the sender,
+    /// `true` if it returned `Ok`: what the bus acknowledges a message after.
+    #[cfg_attr(not(feature = "bus"), allow(dead_code, reason = "only the bus sends them"))]
+    Tracked(Box<(I, bool, Sender<bool>)>),
 }
 
 /// A function run by an entity's agent on its backend and its context, between two messages:
@@ -542,6 +546,8 @@ impl<I: Send + 'static, O: Send + 'static> Port<I, O> {
                         fail_ask(asker, why);
                     }
                 },
+                // Undelivered: the sender sees its end dropped, and does not acknowledge it.
+                Envelope::Tracked(_) => n += 1,
                 // Dropped: the caller of `for_each` sees the entity was not visited.
                 Envelope::Nop | Envelope::Visit(_) => {}
                 Envelope::Swap(req) => {
@@ -775,6 +781,18 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
             shared.external.fetch_sub(1, Ordering::SeqCst);
         }
         result
+    }
+
+    /// Sends a query (or a read) and returns a channel that says when its handler ended, and
+    /// whether with `Ok`; it is dropped unsaid if the message is never handled.
+    #[cfg(feature = "bus")]
+    pub(crate) fn send_tracked(&self, body: I, read: bool) -> Result<Receiver<bool>, SendError<I>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        match self.send_external(Envelope::Tracked(Box::new((body, read, tx)))) {
+            Ok(()) => Ok(rx),
+            Err((Envelope::Tracked(tracked), kind)) => Err(SendError::new(kind, self.core.name.clone(), tracked.0)),
+            Err(_) => unreachable!("a tracked message was sent"),
+        }
     }
 
     /// Sends `Nop`: the entity handles what is queued before it, cleans up and its thread ends.

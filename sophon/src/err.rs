@@ -284,6 +284,14 @@ pub enum BuildProblem {
         /// The entity.
         name: String,
     },
+    /// An entity could not be imported from or exported to the bus (feature `bus`): its broker
+    /// could not be reached, or refused.
+    Bus {
+        /// The entity.
+        name: String,
+        /// What the broker said.
+        error: String,
+    },
 }
 
 /// `a -> b -> a`, for a cycle given as `[a, b]`.
@@ -342,6 +350,7 @@ impl fmt::Display for BuildProblem {
             BuildProblem::NoReplicas { name } => {
                 write!(f, "replicated entity `{name}` has no replica; give it at least one backend")
             }
+            BuildProblem::Bus { name, error } => write!(f, "entity `{name}` could not be put on the bus: {error}"),
             BuildProblem::NotReplicated { name } => write!(
                 f,
                 "entity `{name}` is not replicated, so it takes no replica; declare it with `SystemBuilder::replicas`"

@@ -93,6 +93,8 @@ mod agent;
 mod backend;
 pub mod backends;
 mod builder;
+#[cfg(feature = "bus")]
+pub mod bus;
 mod context;
 mod entity;
 mod err;

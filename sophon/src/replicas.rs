@@ -184,7 +184,13 @@ pub(crate) fn route_envelope<I: Send + 'static, O: Send + 'static>(
         Envelope::Read(body) => {
             view.set.broadcast(body, Push::Wait).map_err(|(body, kind)| (Envelope::Read(body), kind))
         }
-        _ => unreachable!("handles send queries, reads and asks"),
+        // A message whose end its sender waits for (the bus): to the first running replica, as
+        // it is, unrouted.
+        Envelope::Tracked(tracked) => match view.set.members().iter().find(|m| m.running()) {
+            Some(member) => member.port.inbox.push(Envelope::Tracked(tracked), &member.port.core),
+            None => Err((Envelope::Tracked(tracked), ErrorKind::Stopped)),
+        },
+        _ => unreachable!("handles send queries, reads, asks and tracked messages"),
     }
 }
 

@@ -1,0 +1,256 @@
+//! Edges across processes over Redis Streams (feature `bus`): a system *exports* an entity, and
+//! another process *imports* it by name and type; the importer's sends become entries of a
+//! stream, which the exporter's reader takes as a consumer group and hands to the entity,
+//! acknowledging each only once its handler has returned.
+//!
+//! Each exported entity `name` of a bus namespace `ns` has the stream `ns:name`, and a consumer
+//! group of the same name: several processes that export it share its messages. Bodies are
+//! encoded with postcard.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use redis::Commands;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::backend::Backend;
+use crate::context::Context;
+use crate::entity::Handle;
+use crate::err::BoxError;
+
+/// The environment variable [`Bus::from_env`] reads the broker's URL from.
+pub const BUS_URL_VAR: &str = "SOPHON_BUS_URL";
+
+/// How many entries a reader takes from its stream at once.
+const BATCH: usize = 64;
+/// How long a reader's read waits for entries before its agent looks at its inbox again.
+const BLOCK_MS: usize = 5;
+
+/// Where the broker is, and the namespace of the streams a system uses on it.
+#[derive(Clone)]
+pub struct Bus {
+    client: redis::Client,
+    namespace: String,
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus").field("namespace", &self.namespace).finish_non_exhaustive()
+    }
+}
+
+/// The broker could not be reached, or refused a command.
+#[derive(Debug)]
+pub struct BusError(String);
+
+impl fmt::Display for BusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BusError {}
+
+impl From<redis::RedisError> for BusError {
+    fn from(e: redis::RedisError) -> Self {
+        BusError(format!("the bus's broker: {e}"))
+    }
+}
+
+impl Bus {
+    /// The broker at `url` (`redis://host:port`, `redis+unix:///path/to/socket`), with the
+    /// streams of `namespace`. It is reached once here, so that a wrong address is an error now.
+    pub fn connect(url: &str, namespace: &str) -> Result<Bus, BusError> {
+        let client = redis::Client::open(url)?;
+        let mut con = client.get_connection()?;
+        redis::cmd("PING").query::<String>(&mut con)?;
+        Ok(Bus { client, namespace: namespace.to_string() })
+    }
+
+    /// The broker whose URL is in `SOPHON_BUS_URL` (see [`connect`](Self::connect)).
+    pub fn from_env(namespace: &str) -> Result<Bus, BusError> {
+        let url = std::env::var(BUS_URL_VAR).map_err(|_| BusError(format!("{BUS_URL_VAR} is not set")))?;
+        Bus::connect(&url, namespace)
+    }
+
+    /// The stream of the exported entity `entity`.
+    pub fn stream(&self, entity: &str) -> String {
+        format!("{}:{entity}", self.namespace)
+    }
+
+    pub(crate) fn connection(&self) -> Result<redis::Connection, BusError> {
+        Ok(self.client.get_connection()?)
+    }
+}
+
+/// The backend of an imported entity: each query or read becomes an entry of the remote
+/// entity's stream.
+pub(crate) struct Remote<I, O> {
+    con: redis::Connection,
+    stream: String,
+    types: PhantomData<fn(I) -> O>,
+}
+
+impl<I, O> Remote<I, O> {
+    pub(crate) fn new(bus: &Bus, name: &str) -> Result<Self, BusError> {
+        Ok(Remote { con: bus.connection()?, stream: bus.stream(name), types: PhantomData })
+    }
+
+    fn add(&mut self, kind: &str, body: &[u8]) -> Result<(), BoxError> {
+        let _: String = self.con.xadd(&self.stream, "*", &[("k", kind.as_bytes()), ("b", body)])?;
+        Ok(())
+    }
+}
+
+impl<I, O> Backend for Remote<I, O>
+where
+    I: Serialize + Send + 'static,
+    O: Send + 'static,
+{
+    type Input = I;
+    type Output = O;
+
+    fn query(&mut self, body: I, _: &mut Context<O>) -> Result<(), BoxError> {
+        let body = postcard::to_stdvec(&body)?;
+        self.add("q", &body)
+    }
+
+    fn read(&mut self, body: I, _: &mut Context<O>) -> Result<(), BoxError> {
+        let body = postcard::to_stdvec(&body)?;
+        self.add("r", &body)
+    }
+
+    // A round trip to the broker per message.
+    fn blocking(&self) -> bool {
+        true
+    }
+
+    fn type_name(&self) -> &'static str {
+        "remote"
+    }
+}
+
+/// The reader of an exported entity's stream: it takes entries as one consumer of the group,
+/// hands each to the entity, and acknowledges those whose handlers have returned.
+pub(crate) struct Reader<I, O> {
+    con: redis::Connection,
+    stream: String,
+    consumer: String,
+    target: Handle<I, O>,
+    /// Whether this consumer's own pending entries (left by an earlier run that stopped before
+    /// acknowledging them) have been taken again yet.
+    caught_up: bool,
+}
+
+impl<I, O> Reader<I, O> {
+    pub(crate) fn new(bus: &Bus, target: Handle<I, O>, consumer: String) -> Result<Self, BusError>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+    {
+        let stream = bus.stream(target.name());
+        let mut con = bus.connection()?;
+        // The group reads from the stream's start: what importers sent before it existed is
+        // its to take. A group that exists already is kept.
+        let created: redis::RedisResult<String> = con.xgroup_create_mkstream(&stream, target.name(), "0");
+        if let Err(e) = created
+            && e.code() != Some("BUSYGROUP")
+        {
+            return Err(e.into());
+        }
+        Ok(Reader { con, stream, consumer, target, caught_up: false })
+    }
+}
+
+impl<I, O> Reader<I, O>
+where
+    I: DeserializeOwned + Send + 'static,
+    O: Send + 'static,
+{
+    /// Takes a batch of entries, hands them to the entity in order and acknowledges those
+    /// handled; returns how many it took.
+    fn poll(&mut self) -> Result<usize, BoxError> {
+        let group = self.target.name().to_string();
+        let (id, options) = if self.caught_up {
+            (">", StreamReadOptions::default().group(&group, &self.consumer).count(BATCH).block(BLOCK_MS))
+        } else {
+            ("0", StreamReadOptions::default().group(&group, &self.consumer).count(BATCH))
+        };
+        let reply: Option<StreamReadReply> = self.con.xread_options(&[&self.stream], &[id], &options)?;
+        let entries: Vec<_> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+        if entries.is_empty() {
+            self.caught_up = true;
+            return Ok(0);
+        }
+        let mut sent: Vec<(String, Receiver<bool>)> = Vec::with_capacity(entries.len());
+        let mut done: Vec<String> = Vec::new();
+        for entry in &entries {
+            let read = matches!(entry.map.get("k"), Some(redis::Value::BulkString(k)) if k == b"r");
+            let body = match entry.map.get("b") {
+                Some(redis::Value::BulkString(bytes)) => postcard::from_bytes::<I>(bytes),
+                _ => Err(postcard::Error::DeserializeUnexpectedEnd),
+            };
+            match body {
+                Ok(body) => match self.target.send_tracked(body, read) {
+                    Ok(rx) => sent.push((entry.id.clone(), rx)),
+                    // The entity has stopped: left pending, for another consumer.
+                    Err(_) => break,
+                },
+                // Nothing can ever handle it: acknowledged, and reported.
+                Err(e) => {
+                    done.push(entry.id.clone());
+                    let _: i64 = self.con.xack(&self.stream, &group, &done)?;
+                    return Err(format!("entry {} of {} is not a body of this type: {e}", entry.id, self.stream).into());
+                }
+            }
+        }
+        let taken = sent.len();
+        for (id, rx) in sent {
+            // Handled (with `Ok` or not): acknowledged. Never handled: left pending.
+            if rx.recv().is_ok() {
+                done.push(id);
+            }
+        }
+        if !done.is_empty() {
+            let _: i64 = self.con.xack(&self.stream, &group, &done)?;
+        }
+        Ok(taken)
+    }
+}
+
+impl<I, O> Backend for Reader<I, O>
+where
+    I: DeserializeOwned + Send + 'static,
+    O: Send + 'static,
+{
+    type Input = ();
+    type Output = ();
+
+    fn query(&mut self, (): (), _: &mut Context<()>) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    fn start(&mut self, ctx: &mut Context<()>) -> Result<(), BoxError> {
+        ctx.every(Duration::from_micros(100));
+        Ok(())
+    }
+
+    fn timer(&mut self, _: crate::TimerId, _: &mut Context<()>) -> Result<(), BoxError> {
+        // Batches while there are entries; then the agent looks at its inbox (a stop) again.
+        while self.poll()? == BATCH {}
+        Ok(())
+    }
+
+    // Waits on the broker.
+    fn blocking(&self) -> bool {
+        true
+    }
+
+    fn type_name(&self) -> &'static str {
+        "bus reader"
+    }
+}
