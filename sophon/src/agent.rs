@@ -12,7 +12,7 @@ use crossbeam_utils::Backoff;
 
 use crate::backend::{Backend, BoxBackend};
 use crate::context::{Context, Waiting};
-use crate::entity::{Core, EntityState, Envelope, Msg, Port};
+use crate::entity::{Core, EntityState, Envelope, Msg, Port, Tracked};
 use crate::err::BoxError;
 use crate::latency::Histogram;
 use crate::message::HandlerKind;
@@ -390,9 +390,11 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             }
             Incoming::Envelope(Envelope::Routed(routed)) => self.handle_routed(*routed),
             Incoming::Envelope(Envelope::Tracked(tracked)) => {
-                let (body, read, done) = *tracked;
+                let Tracked { body, read, redelivered, done } = *tracked;
                 let (errors, panics) = (self.errors, self.panics);
+                self.ctx.redelivered = redelivered;
                 let flow = self.handle(if read { HandlerKind::Read } else { HandlerKind::Query }, body);
+                self.ctx.redelivered = false;
                 let _ = done.send(self.errors == errors && self.panics == panics);
                 flow
             }

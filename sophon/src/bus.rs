@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use redis::Commands;
-use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -29,6 +29,10 @@ pub const BUS_URL_VAR: &str = "SOPHON_BUS_URL";
 const BATCH: usize = 64;
 /// How long a reader's read waits for entries before its agent looks at its inbox again.
 const BLOCK_MS: usize = 5;
+/// How long an entry taken by another consumer must stay unacknowledged before this one takes
+/// it over (that consumer died, or lost the broker). Longer than any batch takes to handle, so
+/// that a live consumer's entries are not taken from under it.
+const CLAIM_IDLE: Duration = Duration::from_secs(1);
 
 /// Where the broker is, and the namespace of the streams a system uses on it.
 #[derive(Clone)]
@@ -85,6 +89,22 @@ impl Bus {
     pub(crate) fn connection(&self) -> Result<redis::Connection, BusError> {
         Ok(self.client.get_connection()?)
     }
+
+    /// Checks that `entity` takes bodies of type `I` on the bus: the first process to export
+    /// or import it records its input type there, and every later one must agree, so that a
+    /// mismatch is an error naming both types before any message moves.
+    fn check_type<I>(&self, con: &mut redis::Connection, entity: &str, role: &str) -> Result<(), BusError> {
+        let key = format!("{}:type", self.stream(entity));
+        let ours = std::any::type_name::<I>();
+        let _: Option<String> = redis::cmd("SET").arg(&key).arg(ours).arg("NX").query(con)?;
+        let theirs: String = con.get(&key)?;
+        if theirs != ours {
+            return Err(BusError(format!(
+                "`{entity}` on the bus takes `{theirs}`, but this process {role} it as taking `{ours}`"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The backend of an imported entity: each query or read becomes an entry of the remote
@@ -97,7 +117,9 @@ pub(crate) struct Remote<I, O> {
 
 impl<I, O> Remote<I, O> {
     pub(crate) fn new(bus: &Bus, name: &str) -> Result<Self, BusError> {
-        Ok(Remote { con: bus.connection()?, stream: bus.stream(name), types: PhantomData })
+        let mut con = bus.connection()?;
+        bus.check_type::<I>(&mut con, name, "imports")?;
+        Ok(Remote { con, stream: bus.stream(name), types: PhantomData })
     }
 
     fn add(&mut self, kind: &str, body: &[u8]) -> Result<(), BoxError> {
@@ -154,6 +176,7 @@ impl<I, O> Reader<I, O> {
     {
         let stream = bus.stream(target.name());
         let mut con = bus.connection()?;
+        bus.check_type::<I>(&mut con, target.name(), "exports")?;
         // The group reads from the stream's start: what importers sent before it existed is
         // its to take. A group that exists already is kept.
         let created: redis::RedisResult<String> = con.xgroup_create_mkstream(&stream, target.name(), "0");
@@ -171,31 +194,53 @@ where
     I: DeserializeOwned + Send + 'static,
     O: Send + 'static,
 {
-    /// Takes a batch of entries, hands them to the entity in order and acknowledges those
-    /// handled; returns how many it took.
+    /// Takes a batch of entries and hands them to the entity, in order: first this consumer's
+    /// own pending ones (left by an earlier run under its name), then, when no new ones come,
+    /// those another consumer has held unacknowledged for `CLAIM_IDLE` (it died, say), then
+    /// new ones. Returns how many it took.
     fn poll(&mut self) -> Result<usize, BoxError> {
         let group = self.target.name().to_string();
-        let (id, options) = if self.caught_up {
-            (">", StreamReadOptions::default().group(&group, &self.consumer).count(BATCH).block(BLOCK_MS))
+        let (entries, redelivered) = if self.caught_up {
+            let options = StreamReadOptions::default().group(&group, &self.consumer).count(BATCH).block(BLOCK_MS);
+            let reply: Option<StreamReadReply> = self.con.xread_options(&[&self.stream], &[">"], &options)?;
+            let entries: Vec<StreamId> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+            if entries.is_empty() { (self.claim(&group)?, true) } else { (entries, false) }
         } else {
-            ("0", StreamReadOptions::default().group(&group, &self.consumer).count(BATCH))
+            let options = StreamReadOptions::default().group(&group, &self.consumer).count(BATCH);
+            let reply: Option<StreamReadReply> = self.con.xread_options(&[&self.stream], &["0"], &options)?;
+            let entries: Vec<StreamId> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+            if entries.is_empty() {
+                self.caught_up = true;
+            }
+            (entries, true)
         };
-        let reply: Option<StreamReadReply> = self.con.xread_options(&[&self.stream], &[id], &options)?;
-        let entries: Vec<_> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
-        if entries.is_empty() {
-            self.caught_up = true;
-            return Ok(0);
-        }
+        self.deliver(&group, &entries, redelivered)
+    }
+
+    /// Takes over entries another consumer of the group has held unacknowledged for
+    /// `CLAIM_IDLE`: it died before its handlers returned, or lost the broker.
+    fn claim(&mut self, group: &str) -> Result<Vec<StreamId>, BoxError> {
+        let options = StreamAutoClaimOptions::default().count(BATCH);
+        let idle = CLAIM_IDLE.as_millis() as u64;
+        let reply: StreamAutoClaimReply =
+            self.con.xautoclaim_options(&self.stream, group, &self.consumer, idle, "0-0", options)?;
+        Ok(reply.claimed)
+    }
+
+    /// Hands `entries` to the entity in order, waits for their handlers, and acknowledges
+    /// those that were handled.
+    fn deliver(&mut self, group: &str, entries: &[StreamId], redelivered: bool) -> Result<usize, BoxError> {
         let mut sent: Vec<(String, Receiver<bool>)> = Vec::with_capacity(entries.len());
         let mut done: Vec<String> = Vec::new();
-        for entry in &entries {
+        let mut undecodable = None;
+        for entry in entries {
             let read = matches!(entry.map.get("k"), Some(redis::Value::BulkString(k)) if k == b"r");
             let body = match entry.map.get("b") {
                 Some(redis::Value::BulkString(bytes)) => postcard::from_bytes::<I>(bytes),
                 _ => Err(postcard::Error::DeserializeUnexpectedEnd),
             };
             match body {
-                Ok(body) => match self.target.send_tracked(body, read) {
+                Ok(body) => match self.target.send_tracked(body, read, redelivered) {
                     Ok(rx) => sent.push((entry.id.clone(), rx)),
                     // The entity has stopped: left pending, for another consumer.
                     Err(_) => break,
@@ -203,12 +248,14 @@ where
                 // Nothing can ever handle it: acknowledged, and reported.
                 Err(e) => {
                     done.push(entry.id.clone());
-                    let _: i64 = self.con.xack(&self.stream, &group, &done)?;
-                    return Err(format!("entry {} of {} is not a body of this type: {e}", entry.id, self.stream).into());
+                    undecodable.get_or_insert(format!(
+                        "entry {} of {} is not a body of this type: {e}",
+                        entry.id, self.stream
+                    ));
                 }
             }
         }
-        let taken = sent.len();
+        let taken = entries.len();
         for (id, rx) in sent {
             // Handled (with `Ok` or not): acknowledged. Never handled: left pending.
             if rx.recv().is_ok() {
@@ -216,9 +263,12 @@ where
             }
         }
         if !done.is_empty() {
-            let _: i64 = self.con.xack(&self.stream, &group, &done)?;
+            let _: i64 = self.con.xack(&self.stream, group, &done)?;
         }
-        Ok(taken)
+        match undecodable {
+            Some(why) => Err(why.into()),
+            None => Ok(taken),
+        }
     }
 }
 

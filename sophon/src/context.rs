@@ -434,6 +434,8 @@ pub struct Context<O> {
     ///
     /// [`Handle::ask`]: crate::Handle::ask
     pub(crate) asker: Option<Asker<O>>,
+    /// Whether the message being handled came over the bus a second time or more.
+    pub(crate) redelivered: bool,
 }
 
 impl<O> fmt::Debug for Context<O> {
@@ -458,6 +460,7 @@ impl<O: Send + 'static> Context<O> {
             timers: Vec::new(),
             next_timer: 0,
             asker: None,
+            redelivered: false,
         }
     }
 
@@ -594,6 +597,14 @@ impl<O: Send + 'static> Context<O> {
         *sent -= 1;
         core.counters.sent.store(*sent, Ordering::Release);
         Error::new(kind, sibling.name.clone())
+    }
+
+    /// Whether the message being handled was delivered before (with the `bus` feature): it
+    /// came from another process over the bus, and a reader took it already once (in a process
+    /// that died before acknowledging it, say). At-least-once delivery means a handler may see
+    /// a message twice; this tells it when it might be the second time.
+    pub fn is_redelivery(&self) -> bool {
+        self.redelivered
     }
 
     /// Whether the message being handled came from [`Handle::ask`](crate::Handle::ask): then

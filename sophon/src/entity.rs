@@ -40,7 +40,16 @@ pub(crate) enum Envelope<I, O> {
     /// A query (or, if the flag says so, a read) whose handler's end is told on the sender,
     /// `true` if it returned `Ok`: what the bus acknowledges a message after.
     #[cfg_attr(not(feature = "bus"), allow(dead_code, reason = "only the bus sends them"))]
-    Tracked(Box<(I, bool, Sender<bool>)>),
+    Tracked(Box<Tracked<I>>),
+}
+
+/// A message whose sender waits for its handler's end (see `Envelope::Tracked`).
+pub(crate) struct Tracked<I> {
+    pub(crate) body: I,
+    pub(crate) read: bool,
+    /// Whether it was delivered before (see `Context::is_redelivery`).
+    pub(crate) redelivered: bool,
+    pub(crate) done: Sender<bool>,
 }
 
 /// A function run by an entity's agent on its backend and its context, between two messages:
@@ -786,11 +795,11 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     /// Sends a query (or a read) and returns a channel that says when its handler ended, and
     /// whether with `Ok`; it is dropped unsaid if the message is never handled.
     #[cfg(feature = "bus")]
-    pub(crate) fn send_tracked(&self, body: I, read: bool) -> Result<Receiver<bool>, SendError<I>> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        match self.send_external(Envelope::Tracked(Box::new((body, read, tx)))) {
+    pub(crate) fn send_tracked(&self, body: I, read: bool, redelivered: bool) -> Result<Receiver<bool>, SendError<I>> {
+        let (done, rx) = crossbeam_channel::bounded(1);
+        match self.send_external(Envelope::Tracked(Box::new(Tracked { body, read, redelivered, done }))) {
             Ok(()) => Ok(rx),
-            Err((Envelope::Tracked(tracked), kind)) => Err(SendError::new(kind, self.core.name.clone(), tracked.0)),
+            Err((Envelope::Tracked(tracked), kind)) => Err(SendError::new(kind, self.core.name.clone(), tracked.body)),
             Err(_) => unreachable!("a tracked message was sent"),
         }
     }

@@ -12,6 +12,8 @@ use sophon::{Backend, BoxError, Context, SystemBuilder};
 const DEADLINE: Duration = Duration::from_secs(120);
 /// The variable that makes `bus_child` the consuming process, with the broker's URL.
 const CHILD: &str = "SOPHON_BUS_TEST_CHILD";
+/// With it, `bus_child` logs each message to this file instead, and runs until it is killed.
+const LOG: &str = "SOPHON_BUS_TEST_LOG";
 const MESSAGES: u64 = 100_000;
 
 /// A `redis-server` of the test's own, stopped and removed when dropped.
@@ -84,11 +86,36 @@ impl Backend for InOrder {
     }
 }
 
-/// The consuming process of the tests: exports `sink` and runs until it has every message.
+/// Appends each number to a file, with whether it was a redelivery, a little slowly.
+struct Logger(std::fs::File);
+
+impl Backend for Logger {
+    type Input = u64;
+    type Output = u64;
+
+    fn query(&mut self, n: u64, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+        use std::io::Write;
+        std::thread::sleep(Duration::from_micros(100));
+        writeln!(self.0, "{n} {}", u8::from(ctx.is_redelivery()))?;
+        Ok(())
+    }
+}
+
+/// The consuming process of the tests: exports `sink` and runs until it has every message (or,
+/// logging, until it is killed).
 #[test]
 fn bus_child() {
     let Ok(url) = std::env::var(CHILD) else { return };
     let bus = Bus::connect(&url, "test").unwrap();
+    if let Ok(log) = std::env::var(LOG) {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut b = SystemBuilder::new();
+        let sink = b.entity("sink", Logger(file));
+        b.export(&sink, &bus);
+        let _system = b.spawn().unwrap();
+        std::thread::sleep(DEADLINE);
+        panic!("not killed");
+    }
     let mut b = SystemBuilder::new();
     let sink = b.entity("sink", InOrder { next: 0, last: MESSAGES });
     b.export(&sink, &bus);
@@ -101,11 +128,25 @@ fn bus_child() {
 }
 
 fn spawn_child(redis: &Redis) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "bus_child", "--nocapture", "--test-threads=1"])
-        .env(CHILD, redis.url())
-        .spawn()
-        .unwrap()
+    child_command(redis).spawn().unwrap()
+}
+
+fn child_command(redis: &Redis) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args(["--exact", "bus_child", "--nocapture", "--test-threads=1"]).env(CHILD, redis.url());
+    command
+}
+
+/// The numbers logged so far, each with whether that delivery was flagged as a redelivery.
+fn logged(path: &std::path::Path) -> Vec<(u64, bool)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // A line cut short by a kill is not a message handled.
+    text.lines()
+        .filter_map(|line| {
+            let (n, r) = line.split_once(' ')?;
+            Some((n.parse().ok()?, r == "1"))
+        })
+        .collect()
 }
 
 fn wait(mut child: Child) -> bool {
@@ -140,6 +181,82 @@ fn a_pipeline_across_two_processes_delivers_every_message_once_and_in_order() {
     assert_eq!(redis.cli(&["XLEN", "test:sink"]).trim(), MESSAGES.to_string());
     // Everything handled was acknowledged: nothing is pending.
     assert_eq!(redis.cli(&["XPENDING", "test:sink", "sink"]).lines().next(), Some("0"));
+}
+
+#[test]
+fn a_consumer_killed_mid_stream_leaves_its_messages_to_the_next_which_flags_the_duplicates() {
+    const N: u64 = 10_000;
+    let redis = Redis::start();
+    let log = redis.dir.join("handled.log");
+    let bus = Bus::connect(&redis.url(), "test").unwrap();
+    let mut b = SystemBuilder::new();
+    let sink = b.import::<u64, u64>(&bus, "sink");
+    let system = b.spawn().unwrap();
+    let handle = system.handle(&sink);
+    for n in 0..N {
+        handle.query(n).unwrap();
+    }
+    assert!(system.shutdown(DEADLINE).is_clean());
+
+    // The first consumer is killed once it has handled 30%.
+    let mut first = child_command(&redis).env(LOG, &log).spawn().unwrap();
+    let started = Instant::now();
+    while logged(&log).len() < (N as usize) * 3 / 10 {
+        assert!(started.elapsed() < DEADLINE, "the first consumer is stuck");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let before = logged(&log).len();
+
+    // The next one takes what is left, the first one's pending messages too.
+    let mut second = child_command(&redis).env(LOG, &log).spawn().unwrap();
+    let started = Instant::now();
+    loop {
+        let distinct: std::collections::HashSet<u64> = logged(&log).into_iter().map(|(n, _)| n).collect();
+        let pending = redis.cli(&["XPENDING", "test:sink", "sink"]);
+        if distinct.len() == N as usize && pending.lines().next() == Some("0") {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "{} of {N} handled, pending: {pending}", distinct.len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+
+    let handled = logged(&log);
+    assert!(before >= (N as usize) * 3 / 10);
+    let mut times = std::collections::HashMap::new();
+    for &(n, redelivered) in &handled {
+        times.entry(n).or_insert_with(Vec::new).push(redelivered);
+    }
+    assert_eq!(times.len(), N as usize, "every message handled");
+    let duplicates: Vec<(&u64, &Vec<bool>)> = times.iter().filter(|(_, t)| t.len() > 1).collect();
+    // At most the batch the first consumer had taken and not acknowledged.
+    assert!(duplicates.len() <= 64, "{} duplicates", duplicates.len());
+    for (n, deliveries) in &duplicates {
+        assert_eq!(deliveries.len(), 2, "{n} handled {} times", deliveries.len());
+        assert!(deliveries[1], "the second delivery of {n} is flagged as one");
+    }
+}
+
+#[test]
+fn an_importer_and_an_exporter_that_disagree_on_the_type_refuse_to_start_naming_both() {
+    let redis = Redis::start();
+    let bus = Bus::connect(&redis.url(), "test").unwrap();
+    let mut b = SystemBuilder::new();
+    let sink = b.entity("sink", InOrder { next: 0, last: 1 });
+    b.export(&sink, &bus);
+    let exporter = b.spawn().unwrap();
+
+    let mut b = SystemBuilder::new();
+    b.import::<String, u64>(&bus, "sink");
+    let error = b.spawn().unwrap_err().to_string();
+    assert!(error.contains("`sink` on the bus takes `u64`"), "{error}");
+    assert!(error.contains("imports it as taking `alloc::string::String`"), "{error}");
+    // Nothing was sent.
+    assert_eq!(redis.cli(&["XLEN", "test:sink"]).trim(), "0");
+    assert!(exporter.shutdown(DEADLINE).is_clean());
 }
 
 #[test]
