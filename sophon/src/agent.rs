@@ -79,6 +79,9 @@ pub(crate) struct Agent<I, O> {
     /// those since.
     sampled_at: u64,
     max_wait: u64,
+    /// What the last handler that failed said (an error's text, or a panic's message), for
+    /// the sender of a tracked message.
+    last_failure: Option<String>,
 }
 
 /// What an entity holds between dropping a backend that panicked and getting the next one from
@@ -245,6 +248,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             idles: 0,
             sampled_at: 0,
             max_wait: 0,
+            last_failure: None,
         }
     }
 
@@ -395,7 +399,12 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 self.ctx.redelivered = redelivered;
                 let flow = self.handle(if read { HandlerKind::Read } else { HandlerKind::Query }, body);
                 self.ctx.redelivered = false;
-                let _ = done.send(self.errors == errors && self.panics == panics);
+                let failure = if self.errors == errors && self.panics == panics {
+                    None
+                } else {
+                    Some(self.last_failure.take().unwrap_or_default())
+                };
+                let _ = done.send(failure);
                 flow
             }
             Incoming::Envelope(Envelope::Nop) => {
@@ -754,6 +763,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         self.errors += 1;
         self.core.counters.errors.store(self.errors, Ordering::Relaxed);
         let error: Arc<dyn std::error::Error + Send + Sync> = error.into();
+        self.last_failure = Some(error.to_string());
         if let Some(asker) = self.ctx.asker.take() {
             asker.fail(ReplyErrorKind::Failed, Some(error.clone()));
         }
@@ -817,6 +827,7 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
     #[cold]
     fn panicked(&mut self, kind: HandlerKind, payload: Box<dyn Any + Send>) -> Flow {
         let message = panic_message(&*payload);
+        self.last_failure = Some(format!("panicked: {message}"));
         #[cfg(feature = "tracing")]
         tracing::error!(entity = %self.core.name, handler = ?kind, panic = %message, "handler panicked");
         // A payload that panics when dropped must not take the agent down.

@@ -33,6 +33,10 @@ const BLOCK_MS: usize = 5;
 /// it over (that consumer died, or lost the broker). Longer than any batch takes to handle, so
 /// that a live consumer's entries are not taken from under it.
 const CLAIM_IDLE: Duration = Duration::from_secs(1);
+/// How long an importer keeps trying to reach a broker that went away before a send fails.
+const RECONNECT_FOR: Duration = Duration::from_secs(30);
+/// Failed deliveries after which a message goes to the dead-letter stream.
+pub const MAX_DELIVERIES: u32 = 3;
 
 /// Where the broker is, and the namespace of the streams a system uses on it.
 #[derive(Clone)]
@@ -112,6 +116,7 @@ impl Bus {
 pub(crate) struct Remote<I, O> {
     con: redis::Connection,
     stream: String,
+    bus: Bus,
     types: PhantomData<fn(I) -> O>,
 }
 
@@ -119,12 +124,32 @@ impl<I, O> Remote<I, O> {
     pub(crate) fn new(bus: &Bus, name: &str) -> Result<Self, BusError> {
         let mut con = bus.connection()?;
         bus.check_type::<I>(&mut con, name, "imports")?;
-        Ok(Remote { con, stream: bus.stream(name), types: PhantomData })
+        Ok(Remote { con, stream: bus.stream(name), bus: bus.clone(), types: PhantomData })
     }
 
+    /// Adds an entry to the stream. When the broker has gone away (a restart, say), connects
+    /// again and tries again, for up to `RECONNECT_FOR`: the message is not lost to a restart.
     fn add(&mut self, kind: &str, body: &[u8]) -> Result<(), BoxError> {
-        let _: String = self.con.xadd(&self.stream, "*", &[("k", kind.as_bytes()), ("b", body)])?;
-        Ok(())
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_millis(5);
+        loop {
+            let added: redis::RedisResult<String> =
+                self.con.xadd(&self.stream, "*", &[("k", kind.as_bytes()), ("b", body)]);
+            match added {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal())
+                        && started.elapsed() < RECONNECT_FOR =>
+                {
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_millis(200));
+                    if let Ok(con) = self.bus.connection() {
+                        self.con = con;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
@@ -166,6 +191,8 @@ pub(crate) struct Reader<I, O> {
     /// Whether this consumer's own pending entries (left by an earlier run that stopped before
     /// acknowledging them) have been taken again yet.
     caught_up: bool,
+    /// To connect again after the broker went away.
+    bus: Bus,
 }
 
 impl<I, O> Reader<I, O> {
@@ -185,7 +212,7 @@ impl<I, O> Reader<I, O> {
         {
             return Err(e.into());
         }
-        Ok(Reader { con, stream, consumer, target, caught_up: false })
+        Ok(Reader { con, stream, consumer, target, caught_up: false, bus: bus.clone() })
     }
 }
 
@@ -228,9 +255,12 @@ where
     }
 
     /// Hands `entries` to the entity in order, waits for their handlers, and acknowledges
-    /// those that were handled.
+    /// those that were handled. A message whose handler fails is left pending, to be taken
+    /// again (by this consumer or another) once it has been idle for `CLAIM_IDLE`; after
+    /// `MAX_DELIVERIES` failures it goes to the dead-letter stream (`ns:name:dead`), with the
+    /// failure, and is acknowledged.
     fn deliver(&mut self, group: &str, entries: &[StreamId], redelivered: bool) -> Result<usize, BoxError> {
-        let mut sent: Vec<(String, Receiver<bool>)> = Vec::with_capacity(entries.len());
+        let mut sent: Vec<(&StreamId, Receiver<Option<String>>)> = Vec::with_capacity(entries.len());
         let mut done: Vec<String> = Vec::new();
         let mut undecodable = None;
         for entry in entries {
@@ -241,34 +271,61 @@ where
             };
             match body {
                 Ok(body) => match self.target.send_tracked(body, read, redelivered) {
-                    Ok(rx) => sent.push((entry.id.clone(), rx)),
+                    Ok(rx) => sent.push((entry, rx)),
                     // The entity has stopped: left pending, for another consumer.
                     Err(_) => break,
                 },
-                // Nothing can ever handle it: acknowledged, and reported.
+                // Nothing can ever handle it: a dead letter at once.
                 Err(e) => {
+                    let why = format!("not a body of this entity's type: {e}");
+                    self.dead_letter(entry, &why)?;
                     done.push(entry.id.clone());
-                    undecodable.get_or_insert(format!(
-                        "entry {} of {} is not a body of this type: {e}",
-                        entry.id, self.stream
-                    ));
+                    undecodable.get_or_insert(format!("entry {} of {} is {why}", entry.id, self.stream));
                 }
             }
         }
         let taken = entries.len();
-        for (id, rx) in sent {
-            // Handled (with `Ok` or not): acknowledged. Never handled: left pending.
-            if rx.recv().is_ok() {
-                done.push(id);
+        let failures = format!("{}:failures", self.stream);
+        let mut dead_letters = Vec::new();
+        for (entry, rx) in sent {
+            match rx.recv() {
+                Ok(None) => done.push(entry.id.clone()),
+                Ok(Some(failure)) => {
+                    let failed: u32 = self.con.hincr(&failures, &entry.id, 1)?;
+                    if failed >= MAX_DELIVERIES {
+                        self.dead_letter(entry, &failure)?;
+                        let _: i64 = self.con.hdel(&failures, &entry.id)?;
+                        done.push(entry.id.clone());
+                        dead_letters.push(format!(
+                            "entry {} of {} went to {}:dead after {MAX_DELIVERIES} failed deliveries: {failure}",
+                            entry.id, self.stream, self.stream
+                        ));
+                    }
+                }
+                // Never handled (the entity stopped): left pending.
+                Err(_) => {}
             }
         }
         if !done.is_empty() {
             let _: i64 = self.con.xack(&self.stream, group, &done)?;
         }
-        match undecodable {
+        // Reported as this reader's failures: the system's owner hears of each.
+        match undecodable.into_iter().chain(dead_letters).reduce(|a, b| format!("{a}; {b}")) {
             Some(why) => Err(why.into()),
             None => Ok(taken),
         }
+    }
+
+    /// Adds `entry` to the dead-letter stream, with why it could not be handled.
+    fn dead_letter(&mut self, entry: &StreamId, why: &str) -> Result<(), BusError> {
+        let dead = format!("{}:dead", self.stream);
+        let body = match entry.map.get("b") {
+            Some(redis::Value::BulkString(bytes)) => bytes.clone(),
+            _ => Vec::new(),
+        };
+        let _: String =
+            self.con.xadd(&dead, "*", &[("id", entry.id.as_bytes()), ("b", &body[..]), ("failure", why.as_bytes())])?;
+        Ok(())
     }
 }
 
@@ -291,8 +348,28 @@ where
 
     fn timer(&mut self, _: crate::TimerId, _: &mut Context<()>) -> Result<(), BoxError> {
         // Batches while there are entries; then the agent looks at its inbox (a stop) again.
-        while self.poll()? == BATCH {}
-        Ok(())
+        loop {
+            match self.poll() {
+                Ok(BATCH) => {}
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let lost = e
+                        .downcast_ref::<redis::RedisError>()
+                        .is_some_and(|e| e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal());
+                    if !lost {
+                        return Err(e);
+                    }
+                    // The broker went away (a restart, say): connect again at the next tick, and
+                    // take this consumer's pending entries first, since what was taken but not
+                    // acknowledged is still there.
+                    if let Ok(con) = self.bus.connection() {
+                        self.con = con;
+                        self.caught_up = false;
+                    }
+                    return Ok(());
+                }
+            }
+        }
     }
 
     // Waits on the broker.

@@ -49,7 +49,8 @@ pub(crate) struct Tracked<I> {
     pub(crate) read: bool,
     /// Whether it was delivered before (see `Context::is_redelivery`).
     pub(crate) redelivered: bool,
-    pub(crate) done: Sender<bool>,
+    /// Told when the handler ends: `None` if it returned `Ok`, or what went wrong.
+    pub(crate) done: Sender<Option<String>>,
 }
 
 /// A function run by an entity's agent on its backend and its context, between two messages:
@@ -793,9 +794,15 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
     }
 
     /// Sends a query (or a read) and returns a channel that says when its handler ended, and
-    /// whether with `Ok`; it is dropped unsaid if the message is never handled.
+    /// what went wrong if it did not return `Ok`; it is dropped unsaid if the message is never
+    /// handled.
     #[cfg(feature = "bus")]
-    pub(crate) fn send_tracked(&self, body: I, read: bool, redelivered: bool) -> Result<Receiver<bool>, SendError<I>> {
+    pub(crate) fn send_tracked(
+        &self,
+        body: I,
+        read: bool,
+        redelivered: bool,
+    ) -> Result<Receiver<Option<String>>, SendError<I>> {
         let (done, rx) = crossbeam_channel::bounded(1);
         match self.send_external(Envelope::Tracked(Box::new(Tracked { body, read, redelivered, done }))) {
             Ok(()) => Ok(rx),

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sophon::bus::Bus;
@@ -27,12 +28,22 @@ impl Redis {
     fn start() -> Redis {
         let dir = std::env::temp_dir().join(format!("sophon-bus-{}", sophon::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
+        Redis::start_in(dir)
+    }
+
+    fn start_in(dir: PathBuf) -> Redis {
         let socket = dir.join("redis.sock");
+        let child = Redis::serve(&dir, &socket);
+        Redis { child, dir, socket }
+    }
+
+    /// Runs `redis-server` on `socket`, keeping its files in `dir`, once it listens.
+    fn serve(dir: &std::path::Path, socket: &std::path::Path) -> Child {
         let child = Command::new("redis-server")
             .args(["--port", "0", "--unixsocket"])
-            .arg(&socket)
+            .arg(socket)
             .args(["--unixsocketperm", "700", "--dir"])
-            .arg(&dir)
+            .arg(dir)
             .args(["--appendonly", "yes", "--save", ""])
             .stdout(Stdio::null())
             .spawn()
@@ -42,7 +53,16 @@ impl Redis {
             assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not open its socket");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Redis { child, dir, socket }
+        child
+    }
+
+    /// Stops the broker as an operator would (`SHUTDOWN`, which writes the append-only file
+    /// out), and starts it again on the same socket and files.
+    fn restart(&mut self) {
+        self.cli(&["SHUTDOWN"]);
+        self.child.wait().unwrap();
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = Redis::serve(&self.dir, &self.socket);
     }
 
     fn url(&self) -> String {
@@ -257,6 +277,90 @@ fn an_importer_and_an_exporter_that_disagree_on_the_type_refuse_to_start_naming_
     // Nothing was sent.
     assert_eq!(redis.cli(&["XLEN", "test:sink"]).trim(), "0");
     assert!(exporter.shutdown(DEADLINE).is_clean());
+}
+
+/// Keeps what it is given; fails on 13.
+struct Keep(Arc<Mutex<Vec<u64>>>);
+
+impl Backend for Keep {
+    type Input = u64;
+    type Output = u64;
+
+    fn query(&mut self, n: u64, _: &mut Context<u64>) -> Result<(), BoxError> {
+        if n == 13 {
+            return Err("13 is unlucky".into());
+        }
+        self.0.lock().unwrap().push(n);
+        Ok(())
+    }
+}
+
+/// An exporting system and an importing one, in this process.
+fn both(bus: &Bus, kept: &Arc<Mutex<Vec<u64>>>) -> (sophon::System, sophon::System, sophon::Handle<u64, u64>) {
+    let mut b = SystemBuilder::new();
+    let sink = b.entity("sink", Keep(kept.clone()));
+    b.export(&sink, bus);
+    let exporter = b.spawn().unwrap();
+    let mut b = SystemBuilder::new();
+    let sink = b.import::<u64, u64>(bus, "sink");
+    let importer = b.spawn().unwrap();
+    let handle = importer.handle(&sink);
+    (exporter, importer, handle)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < DEADLINE, "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_body_that_always_fails_ends_in_the_dead_letter_stream_after_three_tries() {
+    let redis = Redis::start();
+    let bus = Bus::connect(&redis.url(), "test").unwrap();
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let (exporter, importer, sink) = both(&bus, &kept);
+    for n in 0..20 {
+        sink.query(n).unwrap();
+    }
+    wait_until("13 is a dead letter", || redis.cli(&["XLEN", "test:sink:dead"]).trim() == "1");
+    let dead = redis.cli(&["XRANGE", "test:sink:dead", "-", "+"]);
+    assert!(dead.contains("13 is unlucky"), "{dead}");
+    wait_until("nothing pending", || redis.cli(&["XPENDING", "test:sink", "sink"]).lines().next() == Some("0"));
+    let mut got = kept.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, (0..20).filter(|&n| n != 13).collect::<Vec<_>>());
+    // The sink failed three times on it; the reader reports the dead letter.
+    let failures: Vec<String> = exporter.failures().try_iter().map(|f| f.message()).collect();
+    assert_eq!(failures.iter().filter(|f| f.contains("13 is unlucky")).count(), 4, "{failures:?}");
+    assert!(failures.iter().any(|f| f.contains("went to test:sink:dead after 3 failed deliveries")), "{failures:?}");
+    importer.shutdown(DEADLINE);
+    exporter.shutdown(DEADLINE);
+}
+
+#[test]
+fn a_broker_restarted_mid_stream_loses_nothing_it_accepted() {
+    let mut redis = Redis::start();
+    let bus = Bus::connect(&redis.url(), "test").unwrap();
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let (exporter, importer, sink) = both(&bus, &kept);
+    for n in 100..2_100 {
+        sink.query(n).unwrap();
+    }
+    wait_until("half is sent", || redis.cli(&["XLEN", "test:sink"]).trim().parse::<u64>().unwrap_or(0) >= 1_000);
+    redis.restart();
+    for n in 2_100..4_100 {
+        sink.query(n).unwrap();
+    }
+    wait_until("every message is handled", || {
+        let kept = kept.lock().unwrap();
+        kept.iter().collect::<std::collections::HashSet<_>>().len() == 4_000
+    });
+    let report = importer.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    exporter.shutdown(DEADLINE);
 }
 
 #[test]
