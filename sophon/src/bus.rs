@@ -6,6 +6,34 @@
 //! Each exported entity `name` of a bus namespace `ns` has the stream `ns:name`, and a consumer
 //! group of the same name: several processes that export it share its messages. Bodies are
 //! encoded with postcard.
+//!
+//! ```no_run
+//! use sophon::bus::Bus;
+//! use sophon::{backend, SystemBuilder};
+//!
+//! struct Sink;
+//!
+//! #[backend]
+//! impl Sink {
+//!     fn query(&mut self, n: u64) -> u64 {
+//!         n
+//!     }
+//! }
+//!
+//! // In one process:
+//! let bus = Bus::connect("redis+unix:///run/redis.sock", "demo")?;
+//! let mut builder = SystemBuilder::new();
+//! let sink = builder.entity("sink", Sink);
+//! builder.export(&sink, &bus);
+//! let _consumer = builder.spawn()?;
+//!
+//! // In another (the URL can also come from SOPHON_BUS_URL, with `Bus::from_env`):
+//! let mut builder = SystemBuilder::new();
+//! let sink = builder.import::<u64, u64>(&bus, "sink");
+//! let producer = builder.spawn()?;
+//! producer.handle(&sink).query(7)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fmt;
 use std::marker::PhantomData;
