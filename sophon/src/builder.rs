@@ -583,11 +583,7 @@ impl SystemBuilder {
             self.problems.push(BuildProblem::NoReplicas { name: name.to_string() });
         }
         let front = self.add(name, vacant(), None, EntityOptions::new());
-        let port = self.graph.ports[front.index]
-            .clone()
-            .as_any()
-            .downcast::<Port<B::Input, B::Output>>()
-            .expect("a node's types are those of its entity");
+        let port = self.port_of::<B::Input, B::Output>(&front);
         let set = Arc::new(ReplicaSet::new(port.core.clone(), <B::Input as Clone>::clone, self.graph.seeds.clone()));
         let _ = port.replicas.set(set.clone());
         let new = front.index - self.base;
@@ -667,11 +663,7 @@ impl SystemBuilder {
     ) -> Node<I, O> {
         let number = set.members().len() + self.pending.iter().filter(|(f, _)| *f == front.index).count();
         let member = self.boxed_entity(&format!("{}/{number}", self.graph.name(front.index)), backend, options);
-        let port = self.graph.ports[member.index]
-            .clone()
-            .as_any()
-            .downcast::<Port<I, O>>()
-            .expect("a node's types are those of its entity");
+        let port = self.port_of::<I, O>(&member);
         let routed = Arc::new(AtomicU64::new(0));
         self.graph.edges.push(EdgeSpec {
             from: front.index,
@@ -731,11 +723,7 @@ impl SystemBuilder {
         if !self.usable(node) {
             return self;
         }
-        let port = self.graph.ports[node.index]
-            .clone()
-            .as_any()
-            .downcast::<Port<I, O>>()
-            .expect("a node's types are those of its entity");
+        let port = self.port_of::<I, O>(node);
         let target = crate::entity::Handle::new(&port);
         let name = format!("bus:{}", target.name());
         match crate::bus::Reader::new(bus, target, uuid::Uuid::new_v4().to_string()) {
@@ -757,13 +745,21 @@ impl SystemBuilder {
         self
     }
 
+    /// The typed port of `node`'s entity, one of this builder's graph.
+    fn port_of<I: Send + 'static, O: Send + 'static>(&self, node: &Node<I, O>) -> Arc<Port<I, O>> {
+        self.graph.ports[node.index]
+            .clone()
+            .as_any()
+            .downcast::<Port<I, O>>()
+            .expect("a node's types are those of its entity")
+    }
+
     /// The replicas of `node`'s entity, if it is replicated.
     fn set_of<I: Send + 'static, O: Send + 'static>(&self, node: &Node<I, O>) -> Option<Arc<ReplicaSet<I, O>>> {
         if node.builder != self.id || node.index >= self.graph.ports.len() {
             return None;
         }
-        let port = self.graph.ports[node.index].clone().as_any().downcast::<Port<I, O>>().ok()?;
-        port.replicas.get().cloned()
+        self.port_of(node).replicas.get().cloned()
     }
 
     /// Remembers an edge out of the replicated entity `from` for replicas added later; in an
@@ -1016,11 +1012,7 @@ impl SystemBuilder {
         if !self.usable(from) || !self.usable(to) {
             return self;
         }
-        let target_port = self.graph.ports[to.index]
-            .clone()
-            .as_any()
-            .downcast::<Port<I2, O2>>()
-            .expect("a node's types are those of its entity");
+        let target_port = self.port_of::<I2, O2>(to);
         let outlet: Box<dyn Outlet<T>> = match (kind, target_port.replicas.get()) {
             (EdgeKind::Read, None) => Box::new(ReadOutlet::new(&target_port)),
             (_, None) => Box::new(QueryOutlet::new(&target_port)),
@@ -1310,11 +1302,7 @@ impl SystemBuilder {
             f(&mut agent.ctx);
             return;
         }
-        let port = self.graph.ports[node.index]
-            .clone()
-            .as_any()
-            .downcast::<Port<I, O>>()
-            .expect("a node's types are those of its entity");
+        let port = self.port_of::<I, O>(node);
         self.attach.push(Box::new(move |done: Sender<()>| {
             if port.core.state() != EntityState::Running {
                 return false;
