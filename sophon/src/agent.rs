@@ -296,6 +296,9 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 Some(incoming) => incoming,
                 None => {
                     self.ran_dry();
+                    if self.ctx.idle_wanted && self.idle() == Flow::Failed {
+                        return EntityState::Failed;
+                    }
                     self.close_batch();
                     let incoming = self.wait();
                     self.timing.restart();
@@ -334,6 +337,9 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             }
             let Some(incoming) = self.try_next() else {
                 self.ran_dry();
+                if self.ctx.idle_wanted && self.idle() == Flow::Failed {
+                    return Err(EntityState::Failed);
+                }
                 self.close_batch();
                 if self.ctx.has_deferred()
                     && let Some(step) = self.flush()
@@ -394,10 +400,14 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
             }
             Incoming::Envelope(Envelope::Routed(routed)) => self.handle_routed(*routed),
             Incoming::Envelope(Envelope::Tracked(tracked)) => {
-                let Tracked { body, read, redelivered, done } = *tracked;
+                let Tracked { body, read, redelivered, done, asker } = *tracked;
                 let (errors, panics) = (self.errors, self.panics);
                 self.ctx.redelivered = redelivered;
+                self.ctx.asker = asker;
                 let flow = self.handle(if read { HandlerKind::Read } else { HandlerKind::Query }, body);
+                if let Some(asker) = self.ctx.asker.take() {
+                    asker.finish();
+                }
                 self.ctx.redelivered = false;
                 let failure = if self.errors == errors && self.panics == panics {
                     None
@@ -577,6 +587,14 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                 self.sample_wait(waited);
             }
         }
+    }
+
+    /// Runs [`Backend::idle`], which a handler asked for (see [`Context::when_idle`]).
+    #[cold]
+    #[inline(never)]
+    fn idle(&mut self) -> Flow {
+        self.ctx.idle_wanted = false;
+        self.activate(HandlerKind::Idle, |b, ctx| b.idle(ctx))
     }
 
     /// The queues ran dry: every `DEPTH_EVERY`th time, a message arriving now waits for

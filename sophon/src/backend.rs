@@ -87,6 +87,16 @@ pub trait Backend: Any + Send {
         Ok(())
     }
 
+    /// Runs on the agent's thread once the agent has handled every message queued for it,
+    /// before it waits for more, if a handler asked for it with [`Context::when_idle`]: where
+    /// a backend that gathers work (rows to write in one transaction, entries for a broker)
+    /// sends it, so that a burst costs one round trip and a lone message waits for nothing.
+    /// The default does nothing.
+    fn idle(&mut self, ctx: &mut Context<Self::Output>) -> Result<(), BoxError> {
+        let _ = ctx;
+        Ok(())
+    }
+
     /// Whether the backend blocks its thread for long: it waits on a terminal, a socket or a
     /// process, or computes for seconds. In a system run by a pool
     /// ([`Runtime::Pool`](crate::Runtime::Pool)) such an entity gets a thread of its own, so

@@ -210,6 +210,9 @@ pub(crate) struct Graph {
     pub(crate) sets: Vec<(usize, Arc<dyn ErasedSet>)>,
     /// Saved rankings the replicated entities start from (see [`SystemBuilder::rankings`]).
     pub(crate) seeds: Arc<Mutex<Vec<Ranking>>>,
+    /// What each imported and exported entity counts of what crossed the bus.
+    #[cfg(feature = "bus")]
+    pub(crate) buses: Vec<Arc<crate::bus::BusCounts>>,
 }
 
 /// An edge from an entity to an output.
@@ -692,16 +695,29 @@ impl SystemBuilder {
     }
 
     /// Adds an entity of another process, `name` on `bus`, which that process exports (see
-    /// [`export`](Self::export)): edges into it, and its handle, send to it there. Its input is
-    /// encoded with serde and postcard. Its answers stay in the other process.
+    /// [`export`](Self::export)): edges into it, its handle's sends and asks go to it there,
+    /// and its answers come back to this process's edges out of it (and to askers). Its input
+    /// and output are encoded with serde and postcard; both types must be those the exporter
+    /// has, or the system refuses to spawn with [`BuildProblem::Bus`], naming both.
+    ///
+    /// The answer to a query comes back when this process has edges out of the entity, and to
+    /// an ask always; it then goes to this process only. Messages are gathered and added to the
+    /// stream in one round trip when the importer's agent runs out of them.
     #[cfg(feature = "bus")]
     pub fn import<I, O>(&mut self, bus: &crate::bus::Bus, name: &str) -> Node<I, O>
     where
         I: serde::Serialize + Send + 'static,
-        O: Send + 'static,
+        O: serde::de::DeserializeOwned + Clone + Send + 'static,
     {
         match crate::bus::Remote::<I, O>::new(bus, name) {
-            Ok(remote) => self.entity(name, remote),
+            Ok((remote, (me, counts))) => {
+                let node = self.entity(name, remote);
+                if self.usable(&node) {
+                    let _ = me.set(crate::entity::Handle::new(&self.port_of(&node)));
+                    self.graph.buses.push(counts);
+                }
+                node
+            }
             Err(error) => {
                 self.problems.push(BuildProblem::Bus { name: name.to_string(), error: error.to_string() });
                 self.add(name, vacant(), None, EntityOptions::new())
@@ -718,7 +734,7 @@ impl SystemBuilder {
     pub fn export<I, O>(&mut self, node: &Node<I, O>, bus: &crate::bus::Bus) -> &mut Self
     where
         I: serde::de::DeserializeOwned + Send + 'static,
-        O: Send + 'static,
+        O: serde::Serialize + Send + 'static,
     {
         if !self.usable(node) {
             return self;
@@ -727,7 +743,8 @@ impl SystemBuilder {
         let target = crate::entity::Handle::new(&port);
         let name = format!("bus:{}", target.name());
         match crate::bus::Reader::new(bus, target, uuid::Uuid::new_v4().to_string()) {
-            Ok(reader) => {
+            Ok((reader, counts)) => {
+                self.graph.buses.push(counts);
                 let reader = self.entity_with(&name, reader, EntityOptions::new().thread());
                 // Not an edge any agent sends along, but the order in which they stop: the
                 // reader before the entity it feeds.

@@ -436,6 +436,9 @@ pub struct Context<O> {
     pub(crate) asker: Option<Asker<O>>,
     /// Whether the message being handled came over the bus a second time or more.
     pub(crate) redelivered: bool,
+    /// Whether a handler asked for [`Backend::idle`](crate::Backend::idle) (see
+    /// [`when_idle`](Self::when_idle)).
+    pub(crate) idle_wanted: bool,
 }
 
 impl<O> fmt::Debug for Context<O> {
@@ -461,6 +464,7 @@ impl<O: Send + 'static> Context<O> {
             next_timer: 0,
             asker: None,
             redelivered: false,
+            idle_wanted: false,
         }
     }
 
@@ -728,6 +732,54 @@ impl<O: Send + 'static> Context<O> {
         }
         let port = self.port_of(&out);
         self.send_matching(out, |s| &*s.name != name && s.takes(port))
+    }
+
+    /// Asks for one call of [`Backend::idle`](crate::Backend::idle) once the agent has handled
+    /// every message queued for it, before it waits for more. A backend that gathers work
+    /// (entries for a broker, rows for one transaction) asks when it keeps the first of a
+    /// batch, and sends the batch there: a burst then goes out together, and a lone message
+    /// right away. Asking again before then changes nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use sophon::{Backend, BoxError, Context, SystemBuilder};
+    ///
+    /// /// Sends on the numbers it was given, summed, whenever it runs out of them.
+    /// #[derive(Default)]
+    /// struct Summer {
+    ///     sum: Option<u64>,
+    /// }
+    ///
+    /// impl Backend for Summer {
+    ///     type Input = u64;
+    ///     type Output = u64;
+    ///
+    ///     fn query(&mut self, n: u64, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+    ///         *self.sum.get_or_insert(0) += n;
+    ///         ctx.when_idle();
+    ///         Ok(())
+    ///     }
+    ///
+    ///     fn idle(&mut self, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+    ///         if let Some(sum) = self.sum.take() {
+    ///             ctx.send(sum)?;
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let mut builder = SystemBuilder::new();
+    /// let summer = builder.entity("summer", Summer::default());
+    /// let sums = builder.output(&summer, "sums");
+    /// let system = builder.spawn()?;
+    /// system.handle(&summer).query(5)?;
+    /// assert_eq!(sums.recv()?, 5);
+    /// # system.shutdown(std::time::Duration::from_secs(5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn when_idle(&mut self) {
+        self.idle_wanted = true;
     }
 
     /// Asks the whole system to stop, as a person typing `/quit` would. The system's owner sees

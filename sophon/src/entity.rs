@@ -40,17 +40,19 @@ pub(crate) enum Envelope<I, O> {
     /// A query (or, if the flag says so, a read) whose handler's end is told on the sender,
     /// `true` if it returned `Ok`: what the bus acknowledges a message after.
     #[cfg_attr(not(feature = "bus"), allow(dead_code, reason = "only the bus sends them"))]
-    Tracked(Box<Tracked<I>>),
+    Tracked(Box<Tracked<I, O>>),
 }
 
 /// A message whose sender waits for its handler's end (see `Envelope::Tracked`).
-pub(crate) struct Tracked<I> {
+pub(crate) struct Tracked<I, O> {
     pub(crate) body: I,
     pub(crate) read: bool,
     /// Whether it was delivered before (see `Context::is_redelivery`).
     pub(crate) redelivered: bool,
     /// Told when the handler ends: `None` if it returned `Ok`, or what went wrong.
     pub(crate) done: Sender<Option<String>>,
+    /// Where its outputs go instead of the siblings, when its sender wants the answer back.
+    pub(crate) asker: Option<Asker<O>>,
 }
 
 /// A function run by an entity's agent on its backend and its context, between two messages:
@@ -802,13 +804,31 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
         body: I,
         read: bool,
         redelivered: bool,
+        asker: Option<Asker<O>>,
     ) -> Result<Receiver<Option<String>>, SendError<I>> {
         let (done, rx) = crossbeam_channel::bounded(1);
-        match self.send_external(Envelope::Tracked(Box::new(Tracked { body, read, redelivered, done }))) {
+        let tracked = Tracked { body, read, redelivered, done, asker };
+        match self.send_external(Envelope::Tracked(Box::new(tracked))) {
             Ok(()) => Ok(rx),
-            Err((Envelope::Tracked(tracked), kind)) => Err(SendError::new(kind, self.core.name.clone(), tracked.body)),
+            Err((Envelope::Tracked(tracked), kind)) => {
+                let Tracked { body, asker, .. } = *tracked;
+                if let Some(asker) = asker {
+                    asker.discard();
+                }
+                Err(SendError::new(kind, self.core.name.clone(), body))
+            }
             Err(_) => unreachable!("a tracked message was sent"),
         }
+    }
+
+    /// Asks the entity's agent for a call of [`Backend::idle`](crate::Backend::idle) between
+    /// two messages (see [`Context::when_idle`]): how a helper thread tells a backend that it
+    /// has work for it. Returns whether the agent will get the request.
+    #[cfg(feature = "bus")]
+    pub(crate) fn wake_idle(&self) -> bool {
+        let Ok(port) = self.port() else { return false };
+        let visit: Visit<I, O> = Box::new(|_, ctx| ctx.when_idle());
+        port.enqueue(Envelope::Visit(Box::new(visit))).is_ok()
     }
 
     /// Sends `Nop`: the entity handles what is queued before it, cleans up and its thread ends.

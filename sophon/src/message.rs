@@ -20,6 +20,8 @@ pub enum HandlerKind {
     Start,
     /// [`Backend::timer`](crate::Backend::timer).
     Timer,
+    /// [`Backend::idle`](crate::Backend::idle).
+    Idle,
     /// The backend's `Drop`: when its entity ends, restarts, or is given up on.
     Drop,
     /// A restart: the entity's factory failed or panicked, or the restart policy's limit was
@@ -35,6 +37,7 @@ impl fmt::Display for HandlerKind {
             HandlerKind::Nop => "nop",
             HandlerKind::Start => "start",
             HandlerKind::Timer => "timer",
+            HandlerKind::Idle => "idle",
             HandlerKind::Drop => "drop",
             HandlerKind::Restart => "restart",
         })

@@ -118,6 +118,18 @@ impl<O> fmt::Debug for Reply<O> {
 }
 
 impl<O> Reply<O> {
+    /// The outputs already sent, without waiting: all of them once the handler has ended.
+    #[cfg(feature = "bus")]
+    pub(crate) fn take_outputs(&self) -> Vec<O> {
+        self.rx
+            .try_iter()
+            .filter_map(|event| match event {
+                Event::Output(out) => Some(out),
+                Event::End(_) => None,
+            })
+            .collect()
+    }
+
     /// The name of the entity that was asked.
     pub fn entity(&self) -> &str {
         &self.entity

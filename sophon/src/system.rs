@@ -166,6 +166,10 @@ pub struct Report {
     /// [`SystemBuilder::replicas`](crate::SystemBuilder::replicas)): save them, and start the
     /// next run from them with [`SystemBuilder::rankings`](crate::SystemBuilder::rankings).
     pub rankings: Vec<Ranking>,
+    /// What crossed the bus, for each entity this system imported or exported (with the `bus`
+    /// feature): sends, answers, receives, redeliveries and dead letters.
+    #[cfg(feature = "bus")]
+    pub bus: Vec<crate::bus::BusReport>,
 }
 
 impl Report {
@@ -250,6 +254,10 @@ impl fmt::Display for Report {
                 write!(f, " {} ({estimate}, {} sent{culled})", replica.name, replica.sent)?;
             }
             writeln!(f)?;
+        }
+        #[cfg(feature = "bus")]
+        for bus in &self.bus {
+            writeln!(f, "{bus}")?;
         }
         for failure in &self.failures {
             writeln!(f, "{failure}")?;
@@ -1390,6 +1398,8 @@ impl System {
         Report {
             edges: self.edges(),
             rankings: self.rankings(),
+            #[cfg(feature = "bus")]
+            bus: self.graph.buses.iter().map(|counts| counts.report()).collect(),
             entities,
             failures: self.shared.failures_rx.try_iter().collect(),
             failures_dropped: self.shared.failures_dropped.load(Ordering::Relaxed),

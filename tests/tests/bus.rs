@@ -272,8 +272,8 @@ fn an_importer_and_an_exporter_that_disagree_on_the_type_refuse_to_start_naming_
     let mut b = SystemBuilder::new();
     b.import::<String, u64>(&bus, "sink");
     let error = b.spawn().unwrap_err().to_string();
-    assert!(error.contains("`sink` on the bus takes `u64`"), "{error}");
-    assert!(error.contains("imports it as taking `alloc::string::String`"), "{error}");
+    assert!(error.contains("`sink` on the bus is `u64 => u64` (input => output)"), "{error}");
+    assert!(error.contains("imports it as `alloc::string::String => u64`"), "{error}");
     // Nothing was sent.
     assert_eq!(redis.cli(&["XLEN", "test:sink"]).trim(), "0");
     assert!(exporter.shutdown(DEADLINE).is_clean());
@@ -367,4 +367,117 @@ fn a_broker_restarted_mid_stream_loses_nothing_it_accepted() {
 fn a_broker_that_cannot_be_reached_is_an_error() {
     let error = Bus::connect("redis+unix:///nonexistent/redis.sock", "test").unwrap_err();
     assert!(error.to_string().contains("broker"), "{error}");
+}
+
+/// Answers each number with its double; fails on 13.
+struct Double;
+
+impl Backend for Double {
+    type Input = u64;
+    type Output = u64;
+
+    fn query(&mut self, n: u64, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+        if n == 13 {
+            return Err("13 is unlucky".into());
+        }
+        ctx.send(n * 2)?;
+        Ok(())
+    }
+}
+
+/// An exporter of `double` and an importer with an output of its answers.
+fn doubling(
+    bus: &Bus,
+) -> (sophon::System, sophon::System, sophon::Handle<u64, u64>, sophon::crossbeam_channel::Receiver<u64>) {
+    let mut b = SystemBuilder::new();
+    let double = b.entity("double", Double);
+    b.export(&double, bus);
+    let exporter = b.spawn().unwrap();
+    let mut b = SystemBuilder::new();
+    let double = b.import::<u64, u64>(bus, "double");
+    let answers = b.output(&double, "answers");
+    let importer = b.spawn().unwrap();
+    let handle = importer.handle(&double);
+    (exporter, importer, handle, answers)
+}
+
+#[test]
+fn answers_come_back_to_the_importers_siblings_in_order() {
+    let redis = Redis::start();
+    let bus = Bus::connect(&redis.url(), "test").unwrap();
+    let (exporter, importer, double, answers) = doubling(&bus);
+    for n in 0..5_000 {
+        double.query(n + 100).unwrap();
+    }
+    for n in 0..5_000 {
+        assert_eq!(answers.recv_timeout(DEADLINE).unwrap(), (n + 100) * 2);
+    }
+    let report = importer.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    let bus_report = &report.bus[0];
+    assert_eq!((bus_report.sent, bus_report.received, bus_report.unanswered), (5_000, 5_000, 0), "{report}");
+    let report = exporter.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!((report.bus[0].received, report.bus[0].sent, report.bus[0].dead_letters), (5_000, 5_000, 0), "{report}");
+    // The importer's answer stream is gone with it.
+    assert_eq!(redis.cli(&["KEYS", "test:double:answers:*"]).trim(), "");
+}
+
+#[test]
+fn a_shutdown_sends_what_was_gathered_and_waits_for_the_answers_owed() {
+    let redis = Redis::start();
+    let bus = Bus::connect(&redis.url(), "test").unwrap();
+    let (exporter, importer, double, answers) = doubling(&bus);
+    for n in 100..20_100 {
+        double.query(n).unwrap();
+    }
+    // At once: the answers are still owed.
+    let report = importer.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    assert!(answers.try_iter().eq((100..20_100).map(|n| n * 2)));
+    assert_eq!((report.bus[0].sent, report.bus[0].unanswered), (20_000, 0), "{report}");
+    assert!(report.to_string().contains("double (imported from test:double): 20000 sent, 20000 answers received"));
+    exporter.shutdown(DEADLINE);
+}
+
+#[test]
+fn an_ask_across_processes_gets_its_answer_or_the_remote_failure() {
+    let redis = Redis::start();
+    let bus = Bus::connect(&redis.url(), "test").unwrap();
+    let (exporter, importer, double, answers) = doubling(&bus);
+    for n in 1..=10 {
+        assert_eq!(double.ask(n).unwrap().recv_timeout(DEADLINE).unwrap(), Some(n * 2));
+    }
+    // An ask's answer goes to the asker only.
+    assert!(answers.try_recv().is_err());
+    // 13 fails three times, then its asker hears why.
+    let error = double.ask(13).unwrap().recv_timeout(DEADLINE).unwrap_err();
+    assert_eq!(error.kind(), sophon::ReplyErrorKind::Failed);
+    assert!(std::error::Error::source(&error).unwrap().to_string().contains("13 is unlucky"), "{error}");
+    let report = importer.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    let report = exporter.shutdown(DEADLINE);
+    assert_eq!(report.bus[0].dead_letters, 1, "{report}");
+    assert_eq!(report.bus[0].redelivered, 2, "{report}");
+}
+
+#[test]
+fn an_importer_with_nobody_to_answer_reports_what_was_unanswered() {
+    let redis = Redis::start();
+    let bus = Bus::connect(&redis.url(), "test").unwrap();
+    // The exporter's types are on the bus, but it is not running.
+    let mut b = SystemBuilder::new();
+    let double = b.entity("double", Double);
+    b.export(&double, &bus);
+    drop(b);
+    let mut b = SystemBuilder::new();
+    let double = b.import::<u64, u64>(&bus, "double");
+    let _answers = b.output(&double, "answers");
+    let importer = b.spawn().unwrap();
+    for n in 0..3 {
+        importer.handle(&double).query(n).unwrap();
+    }
+    let report = importer.shutdown(DEADLINE);
+    assert_eq!(report.bus[0].unanswered, 3, "{report}");
+    assert!(report.failures.iter().any(|f| f.message().contains("3 messages sent to test:double were not answered")));
 }
