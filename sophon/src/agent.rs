@@ -12,7 +12,7 @@ use crossbeam_utils::Backoff;
 
 use crate::backend::{Backend, BoxBackend};
 use crate::context::{Context, Waiting};
-use crate::entity::{Core, EntityState, Envelope, Msg, Port, Tracked};
+use crate::entity::{Core, EntityState, Envelope, Msg, Outcome, Port, Tracked};
 use crate::err::BoxError;
 use crate::latency::Histogram;
 use crate::message::HandlerKind;
@@ -409,12 +409,11 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                     asker.finish();
                 }
                 self.ctx.redelivered = false;
-                let failure = if self.errors == errors && self.panics == panics {
-                    None
+                done.tell(if self.errors == errors && self.panics == panics {
+                    Outcome::Handled
                 } else {
-                    Some(self.last_failure.take().unwrap_or_default())
-                };
-                let _ = done.send(failure);
+                    Outcome::Failed(self.last_failure.take().unwrap_or_default())
+                });
                 flow
             }
             Incoming::Envelope(Envelope::Nop) => {

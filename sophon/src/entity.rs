@@ -43,16 +43,52 @@ pub(crate) enum Envelope<I, O> {
     Tracked(Box<Tracked<I, O>>),
 }
 
-/// A message whose sender waits for its handler's end (see `Envelope::Tracked`).
+/// A message whose sender is told how its handler ended (see `Envelope::Tracked`).
 pub(crate) struct Tracked<I, O> {
     pub(crate) body: I,
     pub(crate) read: bool,
     /// Whether it was delivered before (see `Context::is_redelivery`).
     pub(crate) redelivered: bool,
-    /// Told when the handler ends: `None` if it returned `Ok`, or what went wrong.
-    pub(crate) done: Sender<Option<String>>,
+    /// Told when the handler ends, on the agent's thread.
+    pub(crate) done: Done,
     /// Where its outputs go instead of the siblings, when its sender wants the answer back.
     pub(crate) asker: Option<Asker<O>>,
+}
+
+/// How the handler of a tracked message ended.
+#[cfg_attr(not(feature = "bus"), allow(dead_code, reason = "only the bus sends them"))]
+pub(crate) enum Outcome {
+    /// It returned `Ok`.
+    Handled,
+    /// It returned `Err` or panicked: what went wrong.
+    Failed(String),
+    /// It never ran: the entity ended first, or refused the message.
+    NotHandled,
+}
+
+/// What a tracked message's sender is told when its handler ends: a function called once, with
+/// [`Outcome::NotHandled`] if the message is dropped unhandled.
+pub(crate) struct Done(Option<Box<dyn FnOnce(Outcome) + Send>>);
+
+#[cfg_attr(not(feature = "bus"), allow(dead_code, reason = "only the bus sends them"))]
+impl Done {
+    pub(crate) fn new(tell: impl FnOnce(Outcome) + Send + 'static) -> Self {
+        Done(Some(Box::new(tell)))
+    }
+
+    pub(crate) fn tell(mut self, outcome: Outcome) {
+        if let Some(tell) = self.0.take() {
+            tell(outcome);
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(tell) = self.0.take() {
+            tell(Outcome::NotHandled);
+        }
+    }
 }
 
 /// A function run by an entity's agent on its backend and its context, between two messages:
@@ -795,9 +831,9 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
         result
     }
 
-    /// Sends a query (or a read) and returns a channel that says when its handler ended, and
-    /// what went wrong if it did not return `Ok`; it is dropped unsaid if the message is never
-    /// handled.
+    /// Sends a query (or a read) whose handler's end is told to `done`, on the agent's thread
+    /// (or wherever the message is dropped unhandled); its outputs go to `asker`, if given,
+    /// instead of the siblings.
     #[cfg(feature = "bus")]
     pub(crate) fn send_tracked(
         &self,
@@ -805,11 +841,11 @@ impl<I: Send + 'static, O: Send + 'static> Handle<I, O> {
         read: bool,
         redelivered: bool,
         asker: Option<Asker<O>>,
-    ) -> Result<Receiver<Option<String>>, SendError<I>> {
-        let (done, rx) = crossbeam_channel::bounded(1);
+        done: Done,
+    ) -> Result<(), SendError<I>> {
         let tracked = Tracked { body, read, redelivered, done, asker };
         match self.send_external(Envelope::Tracked(Box::new(tracked))) {
-            Ok(()) => Ok(rx),
+            Ok(()) => Ok(()),
             Err((Envelope::Tracked(tracked), kind)) => {
                 let Tracked { body, asker, .. } = *tracked;
                 if let Some(asker) = asker {
