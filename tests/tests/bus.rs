@@ -481,3 +481,53 @@ fn an_importer_with_nobody_to_answer_reports_what_was_unanswered() {
     assert_eq!(report.bus[0].unanswered, 3, "{report}");
     assert!(report.failures.iter().any(|f| f.message().contains("3 messages sent to test:double were not answered")));
 }
+
+/// Takes its time over each number, and notes it with whether it was a redelivery.
+struct Slow(Arc<Mutex<Vec<(u64, bool)>>>);
+
+impl Backend for Slow {
+    type Input = u64;
+    type Output = u64;
+
+    fn query(&mut self, n: u64, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+        std::thread::sleep(Duration::from_millis(1_500));
+        self.0.lock().unwrap().push((n, ctx.is_redelivery()));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_live_consumer_whose_handler_runs_long_keeps_its_messages() {
+    let redis = Redis::start();
+    let bus = Bus::connect(&redis.url(), "test").unwrap();
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    // Two processes export the entity: while one handles a message for longer than a second,
+    // the other, idle, must not take it over.
+    let exporters: Vec<sophon::System> = (0..2)
+        .map(|_| {
+            let mut b = SystemBuilder::new();
+            let slow = b.entity("slow", Slow(handled.clone()));
+            b.export(&slow, &bus);
+            b.spawn().unwrap()
+        })
+        .collect();
+    let mut b = SystemBuilder::new();
+    let slow = b.import::<u64, u64>(&bus, "slow");
+    let importer = b.spawn().unwrap();
+    for n in 0..4 {
+        importer.handle(&slow).query(n).unwrap();
+    }
+    wait_until("all four are handled", || handled.lock().unwrap().len() >= 4);
+    // Long enough for a second consumer to have claimed (and handled) one again.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let mut handled = handled.lock().unwrap().clone();
+    handled.sort();
+    assert_eq!(handled, vec![(0, false), (1, false), (2, false), (3, false)]);
+    assert_eq!(redis.cli(&["XPENDING", "test:slow", "slow"]).lines().next(), Some("0"));
+    importer.shutdown(DEADLINE);
+    for exporter in exporters {
+        let report = exporter.shutdown(DEADLINE);
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(report.bus[0].redelivered, 0, "{report}");
+    }
+}
