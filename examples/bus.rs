@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use sophon::backends::llm::{ChatOptions, HttpLlm, LocalLlm};
 use sophon::backends::person::Person;
 use sophon::bus::{BUS_URL_VAR, Bus};
-use sophon::{AskError, BoxBackend, ReplyErrorKind, SystemBuilder};
+use sophon::{AskError, BoxBackend, ReplyErrorKind, agent_system};
 
 /// The namespace of the example's streams on the broker.
 const NAMESPACE: &str = "sophon-chat";
@@ -34,6 +34,22 @@ const USAGE: &str = "usage: bus model [--answers N] [--http URL [--model NAME]] 
 
 const DEFAULT_SYSTEM: &str =
     "You are a helpful assistant. Answer briefly, using what the user told you earlier in the conversation.";
+
+agent_system! {
+    #![bus(bus)]
+    /// The model's side: the model, exported on the bus.
+    struct ModelSide(bus: Bus, model: BoxBackend<String, String>);
+    #[export]
+    model: BoxBackend<String, String> = model;
+}
+
+agent_system! {
+    #![bus(bus)]
+    /// The person's side: a person, and the model of the other process.
+    struct PersonSide(bus: Bus);
+    person: Person = Person::terminal().prompt("you> ").label("model> ");
+    remote model: String => String;
+}
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -125,15 +141,13 @@ fn model(mut args: impl Iterator<Item = String>) -> Result<(), Box<dyn std::erro
             Box::new(LocalLlm::load(path.as_deref(), options)?)
         }
     };
-    let mut builder = SystemBuilder::new();
-    let model = builder.entity("model", backend);
-    builder.export(&model, &bus);
-    let system = builder.spawn()?;
-    println!("Serving the model on {}. Type /quit or end the input to stop.", bus.stream("model"));
+    let stream = bus.stream("model");
+    let system = ModelSide::spawn(bus, backend)?;
+    println!("Serving the model on {stream}. Type /quit or end the input to stop.");
     match answers {
         // Until it has answered N times: the entity's handled count.
         Some(n) => {
-            while system.handle(&model).stats().map_or(0, |s| s.handled) < n {
+            while system.model.stats().map_or(0, |s| s.handled) < n {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -156,12 +170,10 @@ fn model(mut args: impl Iterator<Item = String>) -> Result<(), Box<dyn std::erro
 /// Talks to the model of another process, as the chat example does to a model of its own.
 fn person() -> Result<(), Box<dyn std::error::Error>> {
     let bus = bus()?;
-    let mut builder = SystemBuilder::new();
-    let person = builder.entity("person", Person::terminal().prompt("you> ").label("model> "));
-    let model = builder.import::<String, String>(&bus, "model");
-    let system = builder.spawn()?;
-    let (person, model) = (system.handle(&person), system.handle(&model));
-    println!("Talking to the model on {}. Type /quit or end the input to leave.", bus.stream("model"));
+    let stream = bus.stream("model");
+    let system = PersonSide::spawn(bus)?;
+    let (person, model) = (&system.person, &system.model);
+    println!("Talking to the model on {stream}. Type /quit or end the input to leave.");
     let mut reply = String::new();
     loop {
         let line = match person.call(reply) {

@@ -154,6 +154,9 @@ pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
 /// #![pool]                         first, if at all: run on a pool, a worker per core
 /// #![pool(4)]                      the same with 4 workers (any expression); `#![threads]`: a
 ///                                  thread per entity (without either: `Runtime::from_env`)
+/// #![bus(bus)]                     with sophon's `bus` feature: the `sophon::bus::Bus` (any
+///                                  expression; a parameter of `spawn`, say) it imports and
+///                                  exports entities over
 /// pub struct Name;                 next, if at all: a named system (see above)
 /// pub struct Name(a: A, b: B);     the same, whose `Name::spawn(a, b)` takes what entities need
 /// name = expr;                     an entity running the backend `expr`; its type is inferred
@@ -167,6 +170,11 @@ pub fn backend(args: TokenStream, item: TokenStream) -> TokenStream {
 /// name = || expr;                  restarted when its backend panics: `|| expr` is the factory
 ///                                  that builds it, first and after each panic (at most 5
 ///                                  restarts within any 10 s; units `ms`, `s`, `m`, `h`)
+/// #[export] name = expr;           the entity goes on the bus, for other processes to import
+///                                  (its input and output must be serde types)
+/// remote name: In => Out;          an entity another process exports, imported over the bus:
+///                                  edges to and from it, and its handle, work as for a local
+///                                  one; its answers come back to this process
 /// a -> b;                          a query edge: `b` gets `a`'s output as a query, and answers
 /// a ~> b;                          a read edge: `b` gets `a`'s output as a read, answers nothing
 /// a -> [b, c, d];                  fan-out: one edge to each target (also with `~>`)

@@ -725,6 +725,13 @@ impl SystemBuilder {
         }
     }
 
+    /// An entity that does nothing, which `agent_system!` declares in place of one it could not
+    /// (a remote entity without a bus, already reported), so that the rest still type-checks.
+    #[doc(hidden)]
+    pub fn placeholder<I: Send + 'static, O: Send + 'static>(&mut self, name: &str) -> Node<I, O> {
+        self.add(name, vacant(), None, EntityOptions::new())
+    }
+
     /// Exports `node`'s entity on `bus`, for other processes to import: a reader, the entity
     /// `bus:name`, takes what they send from the entity's stream (as one consumer of its group,
     /// shared by every process that exports it) and hands it to the entity, acknowledging each

@@ -354,3 +354,32 @@ where
     }
     PhantomData
 }
+
+/// A remote entity declared without a bus (already reported): nothing, typed.
+pub fn placeholder<I: Send + 'static, O: Send + 'static>(builder: &mut SystemBuilder, name: &str) -> Node<I, O> {
+    builder.placeholder(name)
+}
+
+/// The bus `#![bus(..)]` names.
+#[cfg(feature = "bus")]
+pub use crate::bus::Bus;
+
+/// `remote name: I => O`: the entity `name` of another process, over the system's bus.
+#[cfg(feature = "bus")]
+pub fn import<I, O>(builder: &mut SystemBuilder, name: &str, bus: &Bus) -> Node<I, O>
+where
+    I: serde::Serialize + Send + 'static,
+    O: serde::de::DeserializeOwned + Clone + Send + 'static,
+{
+    builder.import(bus, name)
+}
+
+/// `#[export] name = ...`: the entity goes on the system's bus, for other processes to import.
+#[cfg(feature = "bus")]
+pub fn export<I, O>(builder: &mut SystemBuilder, node: &Node<I, O>, bus: &Bus)
+where
+    I: serde::de::DeserializeOwned + Send + 'static,
+    O: serde::Serialize + Send + 'static,
+{
+    builder.export(node, bus);
+}

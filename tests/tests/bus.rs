@@ -531,3 +531,36 @@ fn a_live_consumer_whose_handler_runs_long_keeps_its_messages() {
         assert_eq!(report.bus[0].redelivered, 0, "{report}");
     }
 }
+
+sophon::agent_system! {
+    #![bus(bus)]
+    /// Doubles numbers for other processes.
+    struct Doubler(bus: Bus);
+    #[export] double: Double = Double;
+}
+
+#[test]
+fn the_macro_exports_and_imports_entities_over_the_systems_bus() {
+    let redis = Redis::start();
+    let bus = Bus::connect(&redis.url(), "test").unwrap();
+    let exporter = Doubler::spawn(bus.clone()).unwrap();
+    assert!(Doubler::MERMAID.contains("exported"), "{}", Doubler::MERMAID);
+    let importer = sophon::agent_system! {
+        #![bus(&bus)]
+        remote double: u64 => u64;
+        double -> output(answers);
+    }
+    .unwrap();
+    for n in 100..110 {
+        importer.double.query(n).unwrap();
+    }
+    let answers: Vec<u64> = (0..10).map(|_| importer.answers.recv_timeout(DEADLINE).unwrap()).collect();
+    assert_eq!(answers, (100..110).map(|n| n * 2).collect::<Vec<_>>());
+    assert_eq!(importer.double.ask(21).unwrap().recv_timeout(DEADLINE).unwrap(), Some(42));
+    let report = importer.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.bus[0].sent, 11, "{report}");
+    let report = exporter.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.bus[0].received, 11, "{report}");
+}

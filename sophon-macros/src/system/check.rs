@@ -14,14 +14,40 @@ use super::parse::{Arrow, Entity, Statement, SystemInput};
 use crate::errors::{Errors, closest};
 
 /// The options an entity may carry, e.g. `#[bounded(16)] worker = Worker::new();`.
-const OPTIONS: &[&str] = &["bounded", "restart", "thread", "replicas", "cfg", "doc"];
+const OPTIONS: &[&str] = &["bounded", "restart", "thread", "replicas", "export", "cfg", "doc"];
 
 /// How the options are written, for hints.
-const OPTIONS_HELP: &str = "`#[bounded(N)]`, `#[restart(max = N, within = DURATION)]`, `#[thread]`, `#[replicas]`, `#[cfg(PREDICATE)]` and `///` doc comments";
+const OPTIONS_HELP: &str = "`#[bounded(N)]`, `#[restart(max = N, within = DURATION)]`, `#[thread]`, `#[replicas]`, `#[export]`, `#[cfg(PREDICATE)]` and `///` doc comments";
 
 /// The options of the whole system, written first: `#![pool]`, `#![pool(4)]`, `#![threads]`.
 const RUNTIME_HELP: &str =
     "`#![pool]` (a worker per core), `#![pool(N)]` (N workers) or `#![threads]` (a thread per entity)";
+
+/// How the bus is written, for hints.
+const BUS_HELP: &str =
+    "`#![bus(bus)]`, with a `sophon::bus::Bus` (say, a parameter of `spawn`, or `&Bus::from_env(\"chat\")?`)";
+
+/// The bus of a system that imports or exports entities: `#![bus(EXPR)]`, the expression of a
+/// `Bus` or a reference to one.
+pub(super) fn bus(inner: &[Attribute], errors: &mut Errors) -> Option<Expr> {
+    let mut chosen = None;
+    for attr in inner.iter().filter(|a| a.path().is_ident("bus")) {
+        let expr = match &attr.meta {
+            Meta::List(list) if !list.tokens.is_empty() => syn::parse2::<Expr>(list.tokens.clone()).ok(),
+            _ => None,
+        };
+        let Some(expr) = expr else {
+            errors.spanned(attr, format!("`bus` takes the bus the system imports and exports over: {BUS_HELP}"));
+            continue;
+        };
+        if chosen.is_some() {
+            errors.spanned(attr, "the bus is given twice; keep one");
+            continue;
+        }
+        chosen = Some(expr);
+    }
+    chosen
+}
 
 /// The runtime a system asks for, as a call on the builder: `pool(4)`, say.
 pub(super) fn runtime(inner: &[Attribute], errors: &mut Errors) -> Option<TokenStream> {
@@ -29,6 +55,8 @@ pub(super) fn runtime(inner: &[Attribute], errors: &mut Errors) -> Option<TokenS
     for attr in inner {
         let name = attr.path().get_ident().map(ToString::to_string).unwrap_or_default();
         let call = match (name.as_str(), &attr.meta) {
+            // Not a runtime: see `bus`.
+            ("bus", _) => continue,
             ("threads", Meta::Path(_)) => quote!(runtime(::sophon::Runtime::Threads)),
             ("pool", Meta::Path(_)) => quote!(runtime(::sophon::Runtime::pool())),
             ("pool", Meta::List(list)) => match syn::parse2::<Expr>(list.tokens.clone()) {
@@ -50,13 +78,15 @@ pub(super) fn runtime(inner: &[Attribute], errors: &mut Errors) -> Option<TokenS
                 continue;
             }
             _ => {
-                let hint = match closest(&name, ["pool", "threads"]) {
+                let hint = match closest(&name, ["pool", "threads", "bus"]) {
                     Some(close) => format!("did you mean `{close}`? "),
                     None => String::new(),
                 };
                 errors.spanned(
                     attr.path(),
-                    format!("unknown system option `{name}`; {hint}a system takes its runtime: {RUNTIME_HELP}"),
+                    format!(
+                        "unknown system option `{name}`; {hint}a system takes its runtime, {RUNTIME_HELP}, and its bus, `#![bus(EXPR)]`"
+                    ),
                 );
                 continue;
             }
@@ -79,6 +109,8 @@ pub(super) struct Options {
     pub(super) thread: bool,
     /// `#[replicas]`: the expression gives several backends, each a replica of the entity.
     pub(super) replicas: bool,
+    /// `#[export]`: other processes can import the entity over the system's bus.
+    pub(super) export: bool,
     /// `///` lines, for the entity's handle field.
     pub(super) docs: Vec<Attribute>,
     /// The predicates of its `#[cfg(..)]`s: the entity exists when all hold.
@@ -93,6 +125,7 @@ pub(super) struct RestartOption {
 
 pub(super) fn check(input: &SystemInput, graph: &Graph<'_>, errors: &mut Errors) -> Vec<Options> {
     let options: Vec<Options> = graph.entities.iter().map(|e| check_options(e, errors)).collect();
+    check_bus_given(input, graph, &options, errors);
     check_edge_attributes(input, errors);
     if input.header.is_some() {
         check_named_entities(graph, errors);
@@ -115,6 +148,17 @@ fn check_options(entity: &Entity, errors: &mut Errors) -> Options {
             let path = attr.path();
             quote!(#path).to_string().replace(' ', "")
         });
+        // A remote entity's backend, and so its options, are the exporting process's.
+        if entity.remote.is_some() && !["doc", "cfg"].contains(&name.as_str()) {
+            let entity = &entity.name;
+            errors.spanned(
+                attr.path(),
+                format!(
+                    "a remote entity takes only `///` doc comments and `#[cfg(..)]`: `#[{name}]` belongs where `{entity}` is exported, on `#[export] {entity} = ...;`"
+                ),
+            );
+            continue;
+        }
         match name.as_str() {
             "doc" => options.docs.push(attr.clone()),
             "cfg" => match cfg_predicate(attr) {
@@ -157,6 +201,24 @@ fn check_options(entity: &Entity, errors: &mut Errors) -> Options {
                     options.replicas = true;
                 }
             }
+            "export" => {
+                if options.export {
+                    errors.spanned(attr, "option `export` is given twice; keep one");
+                } else if let Some(size) = &entity.size {
+                    errors.spanned(
+                        size,
+                        "a group is not exported whole: export one entity, `#[export] name = MyBackend::new();`",
+                    );
+                } else {
+                    if !matches!(attr.meta, Meta::Path(_)) {
+                        errors.spanned(
+                            attr,
+                            "`export` takes no arguments: the entity goes on the system's bus, `#![bus(..)]`",
+                        );
+                    }
+                    options.export = true;
+                }
+            }
             "restart" => {
                 if options.restart.is_some() {
                     errors.spanned(attr, "option `restart` is given twice; keep one");
@@ -184,6 +246,29 @@ fn check_options(entity: &Entity, errors: &mut Errors) -> Options {
         options.restart = None;
     }
     options
+}
+
+// A system that imports or exports an entity says over which bus: `#![bus(bus)]`.
+fn check_bus_given(input: &SystemInput, graph: &Graph<'_>, options: &[Options], errors: &mut Errors) {
+    if input.inner.iter().any(|a| a.path().is_ident("bus")) {
+        return;
+    }
+    for (entity, options) in graph.entities.iter().zip(options) {
+        let name = &entity.name;
+        if let Some(remote) = &entity.remote {
+            errors.spanned(
+                remote.keyword,
+                format!("`remote {name}` comes over the system's bus, which is not given: add {BUS_HELP} first"),
+            );
+        } else if options.export
+            && let Some(attr) = entity.options.iter().find(|a| a.path().is_ident("export"))
+        {
+            errors.spanned(
+                attr,
+                format!("`{name}` is exported on the system's bus, which is not given: add {BUS_HELP} first"),
+            );
+        }
+    }
 }
 
 const CFG_USAGE: &str = "`cfg` takes a predicate, as on any item: `#[cfg(feature = \"sqlite\")]`";
@@ -217,7 +302,7 @@ fn check_edge_attributes(input: &SystemInput, errors: &mut Errors) {
             }
             let path = attr.path();
             let name = quote!(#path).to_string().replace(' ', "");
-            let hint = if ["bounded", "restart", "thread", "replicas"].contains(&name.as_str()) {
+            let hint = if ["bounded", "restart", "thread", "replicas", "export"].contains(&name.as_str()) {
                 format!("; `#[{name}]` is an option of an entity: put it on the line that declares the entity")
             } else {
                 String::new()
@@ -251,7 +336,7 @@ fn check_named_entities(graph: &Graph<'_>, errors: &mut Errors) {
             );
         }
     }
-    for entity in graph.entities.iter().filter(|e| e.ty.is_none()) {
+    for entity in graph.entities.iter().filter(|e| e.ty.is_none() && e.remote.is_none()) {
         let name = &entity.name;
         errors.spanned(
             name,

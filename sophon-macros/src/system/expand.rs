@@ -54,8 +54,9 @@ struct Built<'a> {
     fields: Vec<Field<'a>>,
 }
 
-fn build<'a>(graph: &Graph<'a>, options: &[Options], runtime: Option<&TokenStream>) -> Built<'a> {
+fn build<'a>(graph: &Graph<'a>, options: &[Options], runtime: Option<&TokenStream>, bus: Option<&Expr>) -> Built<'a> {
     let builder = Ident::new("__sophon_builder", Span::call_site());
+    let bus_local = Ident::new("__sophon_bus", Span::call_site());
     let system = Ident::new("__sophon_system", Span::call_site());
     let mut seen = std::collections::HashSet::new();
     // Entities declared once keep their place; a repeated name (already reported) is skipped.
@@ -81,6 +82,27 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options], runtime: Option<&TokenStrea
         if options[i].thread {
             opts = quote!(#opts.thread());
         }
+        if let Some(remote) = &entity.remote {
+            let (input, output) = (&remote.input, &remote.output);
+            // Without a bus (already reported) there is nothing to import from: a placeholder
+            // keeps the rest type-checking.
+            if bus.is_none() {
+                return quote!(#cfg let #node = ::sophon::__private::placeholder::<#input, #output>(&mut #builder, #label););
+            }
+            let call = quote_spanned! {remote.keyword.span=>
+                ::sophon::__private::import::<#input, #output>(&mut #builder, #label, #bus_local)
+            };
+            return quote!(#cfg let #node = #call;);
+        }
+        // Exported once declared, spanned at `#[export]`: a type the bus cannot carry is an
+        // error there.
+        let export = match (options[i].export, bus) {
+            (true, Some(_)) => {
+                let at = entity.options.iter().find(|a| a.path().is_ident("export")).map_or_else(|| name.span(), |a| a.span());
+                quote_spanned!(at=> #cfg ::sophon::__private::export(&mut #builder, &#node, #bus_local);)
+            }
+            _ => TokenStream::new(),
+        };
         // A restarted entity is given a factory, which builds its first backend too.
         let ty = entity.ty.as_ref().map_or_else(|| quote!(_), |ty| quote!(#ty));
         if options[i].replicas {
@@ -99,7 +121,7 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options], runtime: Option<&TokenStrea
                 None => quote_spanned!(expr.span()=> ::sophon::__private::replicas),
             };
             let call = quote_spanned!(expr.span()=> #replicas_fn(&mut #builder, #label, #backends, #opts));
-            return quote!(#cfg let #node = #call;);
+            return quote!(#cfg let #node = #call; #export);
         }
         let entity_fn = match (&options[i].restart, &entity.size) {
             (Some(restart), size) => {
@@ -118,7 +140,7 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options], runtime: Option<&TokenStrea
         let size = entity.size.as_ref().map(|size| quote_spanned!(size.span()=> #size,));
         // Spanned at the expression: when it is not a backend (or a factory), rustc says so there.
         let call = quote_spanned!(expr.span()=> #entity_fn(&mut #builder, #label, #size #expr, #opts));
-        quote!(#cfg let #node = #call;)
+        quote!(#cfg let #node = #call; #export)
     });
 
     // An edge exists when both its entities do, and its own `#[cfg(..)]`s hold.
@@ -202,9 +224,14 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options], runtime: Option<&TokenStrea
             // What the output carries: as written, or the first feeder's whole output.
             let declared = feeders.iter().find_map(|o| o.ty);
             let first = feeders[0];
-            let carried = match (declared, &first.decl.port, &graph.entities[first.from].ty) {
-                (Some(ty), _, _) => Some(quote!(#ty)),
-                (None, None, Some(ty)) => Some(quote!(<#ty as ::sophon::IntoBackend>::Output)),
+            let from = graph.entities[first.from];
+            let carried = match (declared, &first.decl.port, &from.ty, &from.remote) {
+                (Some(ty), _, _, _) => Some(quote!(#ty)),
+                (None, None, Some(ty), _) => Some(quote!(<#ty as ::sophon::IntoBackend>::Output)),
+                (None, None, None, Some(remote)) => {
+                    let output = &remote.output;
+                    Some(quote!(#output))
+                }
                 _ => None,
             };
             let channel = match declared {
@@ -237,6 +264,11 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options], runtime: Option<&TokenStrea
                 let handle = quote!(::sophon::Handle<<#ty as ::sophon::IntoBackend>::Input, <#ty as ::sophon::IntoBackend>::Output>);
                 if group { quote!(::std::vec::Vec<#handle>) } else { handle }
             });
+            let ty = ty.or_else(|| {
+                let remote = graph.entities[i].remote.as_ref()?;
+                let (input, output) = (&remote.input, &remote.output);
+                Some(quote!(::sophon::Handle<#input, #output>))
+            });
             Field {
                 name,
                 docs: options[i].docs.clone(),
@@ -252,9 +284,11 @@ fn build<'a>(graph: &Graph<'a>, options: &[Options], runtime: Option<&TokenStrea
 
     let wiring = wiring_checks(graph, &entities, options);
     let runtime = runtime.map(|call| quote!(#builder.#call;));
+    let bus = bus.map(|bus| quote!(let #bus_local: &::sophon::__private::Bus = &(#bus);));
     let body = quote! {
         let mut #builder = ::sophon::SystemBuilder::new();
         #runtime
+        #bus
         #(#declare)*
         #(#edges)*
         #(#output_channels)*
@@ -339,10 +373,16 @@ fn drawing(graph: &Graph<'_>) -> sophon_graph::draw::Drawing {
             None => (entity.name.to_string(), NodeKind::Entity),
         };
         // A replicated entity given as a list says how many replicas it has.
-        let figures = match &entity.expr {
+        let mut figures = match &entity.expr {
             Expr::Array(array) if replicated => vec![format!("{} replicas", array.elems.len())],
             _ => Vec::new(),
         };
+        // Over the bus: imported from another process, or exported to others.
+        if entity.remote.is_some() {
+            figures.push("remote".to_string());
+        } else if entity.options.iter().any(|a| a.path().is_ident("export")) {
+            figures.push("exported".to_string());
+        }
         place[i] = Some(drawing.nodes.len());
         drawing.nodes.push(Node { name, kind, figures });
     }
@@ -424,9 +464,14 @@ fn system_methods(vis: &TokenStream) -> TokenStream {
 
 /// The anonymous form: a block that defines a local struct, generic over its fields' types, and
 /// evaluates to the spawned system.
-pub(super) fn expand(graph: &Graph<'_>, options: &[Options], runtime: Option<&TokenStream>) -> TokenStream {
+pub(super) fn expand(
+    graph: &Graph<'_>,
+    options: &[Options],
+    runtime: Option<&TokenStream>,
+    bus: Option<&Expr>,
+) -> TokenStream {
     let system = Ident::new("__sophon_system", Span::call_site());
-    let built = build(graph, options, runtime);
+    let built = build(graph, options, runtime, bus);
     let params: Vec<Ident> = (0..built.fields.len()).map(|i| format_ident!("__T{}", i)).collect();
     // A field that a `#[cfg(..)]` removes leaves its type parameter to a marker field instead.
     let fields = built.fields.iter().zip(&params).enumerate().map(|(k, (field, param))| {
@@ -483,9 +528,10 @@ pub(super) fn expand_named(
     graph: &Graph<'_>,
     options: &[Options],
     runtime: Option<&TokenStream>,
+    bus: Option<&Expr>,
 ) -> TokenStream {
     let system = Ident::new("__sophon_system", Span::call_site());
-    let mut built = build(graph, options, runtime);
+    let mut built = build(graph, options, runtime, bus);
     // An entity without a type (already reported) has no field.
     built.fields.retain(|f| f.ty.is_some());
     let (name, vis, attrs) = (&header.name, &header.vis, &header.attrs);

@@ -18,14 +18,15 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let graph = graph::Graph::build(&input, &mut errors);
     let options = check::check(&input, &graph, &mut errors);
     let runtime = check::runtime(&input.inner, &mut errors);
+    let bus = check::bus(&input.inner, &mut errors);
     let compile_errors = errors.to_compile_errors();
     match &input.header {
         Some(header) => {
-            let expanded = expand::expand_named(header, &graph, &options, runtime.as_ref());
+            let expanded = expand::expand_named(header, &graph, &options, runtime.as_ref(), bus.as_ref());
             quote::quote!(#compile_errors #expanded)
         }
         None => {
-            let expanded = expand::expand(&graph, &options, runtime.as_ref());
+            let expanded = expand::expand(&graph, &options, runtime.as_ref(), bus.as_ref());
             quote::quote!({ #compile_errors #expanded })
         }
     }

@@ -3,11 +3,12 @@
 //!
 //! ```text
 //! system    := inner* (header ';')? statement (';' statement)* ';'?
-//! inner     := '#' '!' '[' IDENT ('(' TOKENS ')')? ']'   (the runtime: `#![pool]`, `#![pool(4)]`, `#![threads]`)
+//! inner     := '#' '!' '[' IDENT ('(' TOKENS ')')? ']'   (the runtime: `#![pool]`, `#![pool(4)]`, `#![threads]`; the bus: `#![bus(EXPR)]`)
 //! header    := attribute* VISIBILITY 'struct' IDENT ('(' param (',' param)* ','? ')')?
 //! param     := IDENT ':' TYPE
-//! statement := entity | edge
+//! statement := entity | remote | edge
 //! entity    := attribute* IDENT ('[' EXPR ']')? (':' TYPE)? '=' EXPR   (with `[size]`, a group: EXPR is `|i| ...`)
+//! remote    := attribute* 'remote' IDENT ':' TYPE '=>' TYPE   (an entity of another process, over the bus)
 //! attribute := '#' '[' IDENT ('(' TOKENS ')')? ']' | '///' doc comment
 //! edge      := attribute* 'loop'? IDENT ('.' IDENT)? arrow targets
 //! arrow     := '->' (query) | '~>' (read)
@@ -22,6 +23,7 @@ use syn::{Attribute, Expr, Ident, Token, Type, Visibility, bracketed, parenthesi
 
 mod kw {
     syn::custom_keyword!(output);
+    syn::custom_keyword!(remote);
 }
 
 pub(super) struct SystemInput {
@@ -59,6 +61,15 @@ pub(super) struct Entity {
     pub(super) size: Option<Expr>,
     pub(super) ty: Option<Type>,
     pub(super) expr: Expr,
+    /// `remote model: String => String`: an entity of another process, imported over the bus.
+    pub(super) remote: Option<Remote>,
+}
+
+/// What `remote name: In => Out` declares besides the name.
+pub(super) struct Remote {
+    pub(super) keyword: kw::remote,
+    pub(super) input: Type,
+    pub(super) output: Type,
 }
 
 pub(super) struct Edge {
@@ -235,6 +246,13 @@ impl Parse for Statement {
             edge.attrs = attrs;
             return Ok(Statement::Edge(edge));
         }
+        // `remote model: ..`; an entity that is itself called `remote` is followed by `=`, `:`
+        // or an arrow instead.
+        if input.peek(kw::remote) && input.peek2(Ident) {
+            let mut entity = parse_remote(input)?;
+            entity.options = attrs;
+            return Ok(Statement::Entity(Box::new(entity)));
+        }
         if input.peek(Ident) && (input.peek2(Token![::]) || input.peek2(syn::token::Paren)) {
             return Err(input.error(
                 "a statement starts with an entity's name: declare one as `name = MyBackend::new();`, with the expression after `=`",
@@ -329,8 +347,48 @@ impl Parse for Entity {
             )));
         }
         let expr = input.parse()?;
-        Ok(Entity { options, name, size, ty, expr })
+        Ok(Entity { options, name, size, ty, expr, remote: None })
     }
+}
+
+/// `remote model: String => String`: the types are the entity's input and output, as the
+/// process that exports it has them.
+fn parse_remote(input: ParseStream<'_>) -> syn::Result<Entity> {
+    let keyword: kw::remote = input.parse()?;
+    let name: Ident = input.parse()?;
+    let usage = format!("a remote entity names its input and output types: `remote {name}: String => String;`");
+    if !input.peek(Token![:]) {
+        return Err(input.error(usage));
+    }
+    input.parse::<Token![:]>()?;
+    if input.is_empty() || input.peek(Token![;]) || input.peek(Token![=>]) {
+        return Err(input.error(usage));
+    }
+    let in_ty: Type = input.parse()?;
+    if !input.peek(Token![=>]) {
+        return Err(input.error(format!(
+            "expected `=>` and the output type after the input type: `remote {name}: {} => Out;`",
+            quote::quote!(#in_ty).to_string().replace(' ', "")
+        )));
+    }
+    input.parse::<Token![=>]>()?;
+    if input.is_empty() || input.peek(Token![;]) {
+        return Err(input.error(usage));
+    }
+    let out_ty: Type = input.parse()?;
+    if input.peek(Token![=]) {
+        return Err(input.error(format!(
+            "a remote entity runs in another process, which gives its backend there: `#[export] {name} = MyBackend::new();`; here it is only `remote {name}: In => Out;`"
+        )));
+    }
+    Ok(Entity {
+        options: Vec::new(),
+        name,
+        size: None,
+        ty: None,
+        expr: Expr::Verbatim(TokenStream::new()),
+        remote: Some(Remote { keyword, input: in_ty, output: out_ty }),
+    })
 }
 
 impl Parse for Edge {
