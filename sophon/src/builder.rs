@@ -749,7 +749,8 @@ impl SystemBuilder {
         let port = self.port_of::<I, O>(node);
         let target = crate::entity::Handle::new(&port);
         let name = format!("bus:{}", target.name());
-        match crate::bus::Reader::new(bus, target, uuid::Uuid::new_v4().to_string()) {
+        let carried = Arc::new(AtomicU64::new(0));
+        match crate::bus::Reader::new(bus, target, uuid::Uuid::new_v4().to_string(), carried.clone()) {
             Ok((reader, counts)) => {
                 self.graph.buses.push(counts);
                 let reader = self.entity_with(&name, reader, EntityOptions::new().thread());
@@ -761,7 +762,7 @@ impl SystemBuilder {
                     port: None,
                     kind: EdgeKind::Query,
                     intended_loop: false,
-                    carried: Arc::new(AtomicU64::new(0)),
+                    carried,
                 });
             }
             Err(error) => self.problems.push(BuildProblem::Bus { name, error: error.to_string() }),

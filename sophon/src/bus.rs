@@ -660,6 +660,8 @@ struct ReaderShared {
     /// Dead letters and failures to end a batch, for the reader to report.
     problems: Mutex<Vec<String>>,
     counts: Arc<BusCounts>,
+    /// What the graph's edge from the reader to the entity has carried.
+    carried: Arc<AtomicU64>,
 }
 
 /// Batches a reader may have in flight before it waits.
@@ -669,7 +671,12 @@ const MAX_IN_FLIGHT: usize = 4;
 const REFRESH: Duration = Duration::from_millis(300);
 
 impl<I, O> Reader<I, O> {
-    pub(crate) fn new(bus: &Bus, target: Handle<I, O>, consumer: String) -> Result<(Self, Arc<BusCounts>), BusError>
+    pub(crate) fn new(
+        bus: &Bus,
+        target: Handle<I, O>,
+        consumer: String,
+        carried: Arc<AtomicU64>,
+    ) -> Result<(Self, Arc<BusCounts>), BusError>
     where
         I: Send + 'static,
         O: Send + 'static,
@@ -695,6 +702,7 @@ impl<I, O> Reader<I, O> {
             held: Mutex::new(std::collections::HashSet::new()),
             problems: Mutex::new(Vec::new()),
             counts: counts.clone(),
+            carried,
         });
         let reader = Reader {
             con,
@@ -927,6 +935,7 @@ where
             return Ok(());
         }
         self.shared.counts.received.fetch_add(slots.len() as u64, Ordering::Relaxed);
+        self.shared.carried.fetch_add(slots.len() as u64, Ordering::Relaxed);
         if redelivered {
             self.shared.counts.redelivered.fetch_add(slots.len() as u64, Ordering::Relaxed);
         }

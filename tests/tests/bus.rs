@@ -419,6 +419,7 @@ fn answers_come_back_to_the_importers_siblings_in_order() {
     let report = exporter.shutdown(DEADLINE);
     assert!(report.is_clean(), "{report}");
     assert_eq!((report.bus[0].received, report.bus[0].sent, report.bus[0].dead_letters), (5_000, 5_000, 0), "{report}");
+    assert!(report.to_string().contains("bus:double -> double: 5000 sent"), "{report}");
     // The importer's answer stream is gone with it.
     assert_eq!(redis.cli(&["KEYS", "test:double:answers:*"]).trim(), "");
 }
