@@ -758,7 +758,10 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         let Routed { body, asker, ticket } = routed;
         let (errors, panics) = (self.errors, self.panics);
         let spare = ticket.spare(&body, asker.is_some());
+        let retrier = ticket.retrier();
         let began = Instant::now();
+        // The handler may take this, to tell it when its answer comes (a remote entity's).
+        self.ctx.completion = Some(Box::new(move |ok| ticket.complete(ok, began)));
         let flow = match asker {
             Some(asker) => self.handle_ask(body, asker),
             None => self.handle(HandlerKind::Query, body),
@@ -766,11 +769,13 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         let panicked = self.panics != panics;
         if panicked
             && let Some(body) = spare
-            && ticket.retry(body)
+            && retrier.retry(body)
         {
             self.core.counters.rerouted.fetch_add(1, Ordering::AcqRel);
         }
-        ticket.complete(self.errors == errors && !panicked, began);
+        if let Some(complete) = self.ctx.completion.take() {
+            complete(self.errors == errors && !panicked);
+        }
         flow
     }
 

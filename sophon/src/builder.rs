@@ -210,9 +210,6 @@ pub(crate) struct Graph {
     pub(crate) sets: Vec<(usize, Arc<dyn ErasedSet>)>,
     /// Saved rankings the replicated entities start from (see [`SystemBuilder::rankings`]).
     pub(crate) seeds: Arc<Mutex<Vec<Ranking>>>,
-    /// What each imported and exported entity counts of what crossed the bus.
-    #[cfg(feature = "bus")]
-    pub(crate) buses: Vec<Arc<crate::bus::BusCounts>>,
 }
 
 /// An edge from an entity to an output.
@@ -710,11 +707,10 @@ impl SystemBuilder {
         O: serde::de::DeserializeOwned + Clone + Send + 'static,
     {
         match crate::bus::Remote::<I, O>::new(bus, name) {
-            Ok((remote, (me, counts))) => {
+            Ok((remote, me)) => {
                 let node = self.entity(name, remote);
                 if self.usable(&node) {
                     let _ = me.set(crate::entity::Handle::new(&self.port_of(&node)));
-                    self.graph.buses.push(counts);
                 }
                 node
             }
@@ -751,8 +747,7 @@ impl SystemBuilder {
         let name = format!("bus:{}", target.name());
         let carried = Arc::new(AtomicU64::new(0));
         match crate::bus::Reader::new(bus, target, uuid::Uuid::new_v4().to_string(), carried.clone()) {
-            Ok((reader, counts)) => {
-                self.graph.buses.push(counts);
+            Ok(reader) => {
                 let reader = self.entity_with(&name, reader, EntityOptions::new().thread());
                 // Not an edge any agent sends along, but the order in which they stop: the
                 // reader before the entity it feeds.

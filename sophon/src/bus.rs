@@ -49,9 +49,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::Backend;
+use crate::context::Completion;
 use crate::context::Context;
 use crate::entity::{Done, Handle, Outcome};
 use crate::err::BoxError;
+use crate::latency::{Histogram, Latency};
 use crate::reply::{Asker, ReplyErrorKind};
 use uuid::Uuid;
 
@@ -118,6 +120,38 @@ impl Bus {
         Bus::connect(&url, namespace)
     }
 
+    /// A backend that sends what it is given to `entity`, which another process exports on
+    /// this bus, and sends on the answers that come back: to run an entity of another process
+    /// other than by [`SystemBuilder::import`](crate::SystemBuilder::import), as one replica of
+    /// a replicated entity, say ([`SystemBuilder::replicas`](crate::SystemBuilder::replicas)),
+    /// which routes to it by the time its answers take. Its types are checked against the
+    /// exporter's, as an import's are.
+    ///
+    /// ```no_run
+    /// use sophon::bus::Bus;
+    /// use sophon::{BoxBackend, SystemBuilder};
+    ///
+    /// let bus = Bus::from_env("chat")?;
+    /// let mut builder = SystemBuilder::new();
+    /// // Two machines serve the model, as `model-a` and `model-b`; each query goes to the one
+    /// // whose answers come back sooner.
+    /// let replicas: Vec<BoxBackend<String, String>> =
+    ///     vec![Box::new(bus.remote("model-a")?), Box::new(bus.remote("model-b")?)];
+    /// let model = builder.replicas("model", replicas);
+    /// let answers = builder.output(&model, "answers");
+    /// let system = builder.spawn()?;
+    /// system.handle(&model).query("Hello".to_string())?;
+    /// println!("{}", answers.recv()?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn remote<I, O>(&self, entity: &str) -> Result<Remote<I, O>, BusError>
+    where
+        I: Send + 'static,
+        O: DeserializeOwned + Send + 'static,
+    {
+        Remote::new(self, entity).map(|(remote, _)| remote)
+    }
+
     /// The stream of the exported entity `entity`.
     pub fn stream(&self, entity: &str) -> String {
         format!("{}:{entity}", self.namespace)
@@ -147,7 +181,7 @@ impl Bus {
 /// What crossed the bus at one end of an imported or exported entity, for the shutdown report
 /// ([`Report::bus`](crate::Report::bus)).
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct BusReport {
     /// The entity's name, which is its name on the bus.
@@ -168,6 +202,9 @@ pub struct BusReport {
     pub dead_letters: u64,
     /// Imported: queries and asks whose answers had not come when this process shut down.
     pub unanswered: u64,
+    /// Imported: how long answers took, from when a message was gathered to when its answer
+    /// came back; `None` before the first answer.
+    pub answer_time: Option<Latency>,
 }
 
 /// Which side of the bus a [`BusReport`] is from.
@@ -183,11 +220,17 @@ pub enum BusRole {
 impl fmt::Display for BusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.role {
-            BusRole::Import => write!(
-                f,
-                "{} (imported from {}): {} sent, {} answers received, {} unanswered",
-                self.entity, self.stream, self.sent, self.received, self.unanswered
-            ),
+            BusRole::Import => {
+                write!(
+                    f,
+                    "{} (imported from {}): {} sent, {} answers received, {} unanswered",
+                    self.entity, self.stream, self.sent, self.received, self.unanswered
+                )?;
+                match &self.answer_time {
+                    Some(t) => write!(f, ", answered in p50 {:.1?}, p99 {:.1?}", t.p50, t.p99),
+                    None => Ok(()),
+                }
+            }
             BusRole::Export => write!(
                 f,
                 "{} (exported on {}): {} received, {} redelivered, {} dead letters, {} answers sent",
@@ -207,6 +250,9 @@ pub(crate) struct BusCounts {
     redelivered: AtomicU64,
     dead_letters: AtomicU64,
     unanswered: AtomicU64,
+    /// Answer times in nanoseconds, and the longest.
+    answers: Histogram,
+    slowest: AtomicU64,
 }
 
 impl BusCounts {
@@ -220,7 +266,17 @@ impl BusCounts {
             redelivered: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             unanswered: AtomicU64::new(0),
+            answers: Histogram::new(),
+            slowest: AtomicU64::new(0),
         })
+    }
+
+    /// Adds these counts to the system's report, once.
+    fn register(self: &Arc<Self>, ctx: &Context<impl Send + 'static>) {
+        let mut buses = ctx.core().shared.buses.lock().unwrap_or_else(|e| e.into_inner());
+        if !buses.iter().any(|b| Arc::ptr_eq(b, self)) {
+            buses.push(self.clone());
+        }
     }
 
     pub(crate) fn report(&self) -> BusReport {
@@ -233,6 +289,10 @@ impl BusCounts {
             redelivered: self.redelivered.load(Ordering::Relaxed),
             dead_letters: self.dead_letters.load(Ordering::Relaxed),
             unanswered: self.unanswered.load(Ordering::Relaxed),
+            answer_time: match (self.role, self.received.load(Ordering::Relaxed)) {
+                (BusRole::Export, _) | (_, 0) => None,
+                _ => Some(self.answers.latency(self.slowest.load(Ordering::Relaxed), Duration::from_nanos)),
+            },
         }
     }
 }
@@ -259,15 +319,25 @@ fn connection_lost(e: &redis::RedisError) -> bool {
 /// An output that came back, for an importer to send to its siblings; or what went wrong.
 type Answer<O> = Result<O, String>;
 
-/// What the builder keeps of a new importer: its slot for its own handle, and its counts.
-pub(crate) type Imported<I, O> = (Arc<OnceLock<Handle<I, O>>>, Arc<BusCounts>);
+/// The slot of an importer for its entity's handle, which the builder fills.
+pub(crate) type Slot<I, O> = Arc<OnceLock<Handle<I, O>>>;
+
+/// A message sent whose answer is wanted.
+struct Waiting<O> {
+    /// When it was gathered: the answer's latency is from then.
+    sent: std::time::Instant,
+    /// Its asker, if it was asked.
+    asker: Option<Asker<O>>,
+    /// The routing's measure, if it was routed to this entity as a replica.
+    completion: Option<Completion>,
+}
 
 /// The answers an importer waits for, shared by its backend and the thread that reads them.
 struct Answers<O> {
     /// The importer's own stream, which exporters add its answers to.
     stream: String,
-    /// The askers of the asks sent and not yet answered, by correlation number.
-    askers: Mutex<HashMap<u64, Asker<O>>>,
+    /// The messages sent whose answers are wanted, by correlation number.
+    waiting: Mutex<HashMap<u64, Waiting<O>>>,
     /// Queries and asks sent and not yet answered.
     outstanding: AtomicUsize,
     /// The answers to queries, for the backend to send to its siblings; or what went wrong.
@@ -275,12 +345,16 @@ struct Answers<O> {
     stop: AtomicBool,
 }
 
-/// The backend of an imported entity: each query or read becomes an entry of the remote
-/// entity's stream. Entries are gathered and added in one round trip when the agent runs out
-/// of messages (or has [`BATCH`] of them). A query or ask whose answer is wanted (the importer
-/// has edges out of the entity, or asked) names this importer's answer stream, which a thread
-/// of its own reads.
-pub(crate) struct Remote<I, O> {
+/// The backend of an entity of another process: each query or read it is given becomes an entry
+/// of that entity's stream. [`SystemBuilder::import`](crate::SystemBuilder::import) runs one as
+/// an entity; [`Bus::remote`] makes one to run otherwise, as a replica of a replicated entity,
+/// say, which is then routed to by the time its answers take to come back.
+///
+/// Entries are gathered and added in one round trip when the agent runs out of messages (or has
+/// 64 of them). A query whose answer is wanted (the entity has siblings, or was asked, or was
+/// routed to as a replica) names this backend's answer stream, which a thread of its own reads;
+/// the answers then go to the siblings (or the asker) as if this backend had sent them.
+pub struct Remote<I, O> {
     con: redis::Connection,
     stream: String,
     bus: Bus,
@@ -294,8 +368,21 @@ pub(crate) struct Remote<I, O> {
     /// This entity's own handle, for the listener to wake its agent with answers; set by the
     /// builder once the entity exists.
     me: Arc<OnceLock<Handle<I, O>>>,
+    /// Without `me` (a replica, say), a timer that looks for answers while some are owed.
+    polling: Option<crate::TimerId>,
     counts: Arc<BusCounts>,
+    /// Whether the counts are in the system's report yet.
+    registered: bool,
 }
+
+impl<I, O> fmt::Debug for Remote<I, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote").field("stream", &self.stream).finish_non_exhaustive()
+    }
+}
+
+/// How often a remote backend that cannot be woken looks for answers while some are owed.
+const POLL: Duration = Duration::from_millis(1);
 
 /// How long a stopping importer waits, with no answer coming, for the answers it is owed.
 const ANSWER_WAIT: Duration = Duration::from_secs(5);
@@ -305,14 +392,14 @@ where
     I: Send + 'static,
     O: DeserializeOwned + Send + 'static,
 {
-    pub(crate) fn new(bus: &Bus, name: &str) -> Result<(Self, Imported<I, O>), BusError> {
+    pub(crate) fn new(bus: &Bus, name: &str) -> Result<(Self, Slot<I, O>), BusError> {
         let mut con = bus.connection()?;
         bus.check_type::<I, O>(&mut con, name, "imports")?;
         let me = Arc::new(OnceLock::new());
         let counts = BusCounts::new(bus, name, BusRole::Import);
         let answers = Arc::new(Answers {
             stream: format!("{}:answers:{}", bus.stream(name), Uuid::new_v4()),
-            askers: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
             outstanding: AtomicUsize::new(0),
             outputs: crossbeam_channel::unbounded(),
             stop: AtomicBool::new(false),
@@ -328,9 +415,11 @@ where
             next: 0,
             listener: None,
             me: me.clone(),
+            polling: None,
             counts: counts.clone(),
+            registered: false,
         };
-        Ok((remote, (me, counts)))
+        Ok((remote, me))
     }
 
     /// Gathers one entry; adds the batch at once when it is full, or else asks for
@@ -339,22 +428,31 @@ where
     where
         I: Serialize,
     {
+        // Registered here too: a shutdown right after the spawn skips `start`.
+        if !self.registered {
+            self.registered = true;
+            self.counts.register(ctx);
+        }
         let body = postcard::to_stdvec(body)?;
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&self.stream).arg("*").arg("k").arg(kind).arg("b").arg(body);
         let asker = ctx.asker.take();
-        // An answer is wanted when it was asked for, or when the importer has siblings to
-        // give it to.
-        if asker.is_some() || (kind == "q" && ctx.siblings().len() > 0) {
+        let completion = ctx.completion.take();
+        // An answer is wanted when it was asked for, when its time is measured for routing, or
+        // when there are siblings to give it to.
+        if asker.is_some() || completion.is_some() || (kind == "q" && ctx.siblings().len() > 0) {
             self.listen()?;
             let c = self.next;
             self.next += 1;
-            if let Some(asker) = asker {
-                self.answers.askers.lock().unwrap_or_else(|e| e.into_inner()).insert(c, asker);
-                self.batch_asks.push(c);
-            }
+            let waiting = Waiting { sent: std::time::Instant::now(), asker, completion };
+            self.answers.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(c, waiting);
+            self.batch_asks.push(c);
             self.answers.outstanding.fetch_add(1, Ordering::AcqRel);
             cmd.arg("to").arg(&self.answers.stream).arg("c").arg(c);
+            // Nobody wakes a backend run without its handle: it looks now and then instead.
+            if self.me.get().is_none() && self.polling.is_none() {
+                self.polling = Some(ctx.every(POLL));
+            }
         }
         self.batch.add_command(cmd).ignore();
         self.batched += 1;
@@ -398,9 +496,12 @@ where
             }
             Err(e) => {
                 // Never added: their askers hear that they were not handled.
-                let mut askers = self.answers.askers.lock().unwrap_or_else(|e| e.into_inner());
+                let mut waiting = self.answers.waiting.lock().unwrap_or_else(|e| e.into_inner());
                 for c in asks {
-                    askers.remove(&c);
+                    if let Some(Waiting { completion: Some(complete), .. }) = waiting.remove(&c) {
+                        complete(false);
+                    }
+                    self.answers.outstanding.fetch_sub(1, Ordering::AcqRel);
                 }
                 Err(format!("{batched} messages for {} were lost: {e}", self.stream).into())
             }
@@ -493,8 +594,18 @@ fn listen<I, O>(
                 Some(redis::Value::BulkString(e)) => Some(String::from_utf8_lossy(e).into_owned()),
                 _ => None,
             };
-            let asker = c.and_then(|c| answers.askers.lock().unwrap_or_else(|e| e.into_inner()).remove(&c));
-            match asker {
+            let Some(waiting) = c.and_then(|c| answers.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&c))
+            else {
+                // Not ours to wait for (any more).
+                continue;
+            };
+            let elapsed = waiting.sent.elapsed().as_nanos();
+            counts.answers.record(u64::try_from(elapsed).unwrap_or(u64::MAX), 1, 1);
+            counts.slowest.fetch_max(u64::try_from(elapsed).unwrap_or(u64::MAX), Ordering::Relaxed);
+            if let Some(complete) = waiting.completion {
+                complete(failure.is_none() && outputs.is_ok());
+            }
+            match waiting.asker {
                 Some(asker) => match (outputs, failure) {
                     (Ok(outputs), None) => {
                         for out in outputs {
@@ -563,10 +674,27 @@ where
         self.add("r", &body, ctx)
     }
 
+    fn start(&mut self, ctx: &mut Context<O>) -> Result<(), BoxError> {
+        self.registered = true;
+        self.counts.register(ctx);
+        Ok(())
+    }
+
     fn idle(&mut self, ctx: &mut Context<O>) -> Result<(), BoxError> {
         let flushed = self.flush();
         let passed = self.pass_on(ctx);
         flushed.and(passed)
+    }
+
+    /// Without a handle to be woken by (see `polling`): passes on what came.
+    fn timer(&mut self, _: crate::TimerId, ctx: &mut Context<O>) -> Result<(), BoxError> {
+        let passed = self.pass_on(ctx);
+        if self.answers.outstanding.load(Ordering::Acquire) == 0
+            && let Some(timer) = self.polling.take()
+        {
+            ctx.cancel(timer);
+        }
+        passed
     }
 
     /// Adds what is gathered, then waits for the answers owed (while they keep coming) and
@@ -598,7 +726,7 @@ where
             let _ = listener.join();
         }
         // The askers still waiting hear that their messages were not handled.
-        self.answers.askers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.answers.waiting.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let _: redis::RedisResult<i64> = self.con.del(&self.answers.stream);
         let unanswered = self.answers.outstanding.load(Ordering::Acquire);
         self.counts.unanswered.store(unanswered as u64, Ordering::Relaxed);
@@ -676,7 +804,7 @@ impl<I, O> Reader<I, O> {
         target: Handle<I, O>,
         consumer: String,
         carried: Arc<AtomicU64>,
-    ) -> Result<(Self, Arc<BusCounts>), BusError>
+    ) -> Result<Self, BusError>
     where
         I: Send + 'static,
         O: Send + 'static,
@@ -713,7 +841,7 @@ impl<I, O> Reader<I, O> {
             refreshed: std::time::Instant::now(),
             types: PhantomData,
         };
-        Ok((reader, counts))
+        Ok(reader)
     }
 }
 
@@ -725,7 +853,7 @@ fn field<'a>(entry: &'a StreamId, name: &str) -> Option<&'a [u8]> {
 }
 
 /// One entry of a batch in flight.
-struct Slot<O> {
+struct Entry<O> {
     id: String,
     body: Vec<u8>,
     /// The answer stream and correlation number of an importer that wants the answer, and the
@@ -737,7 +865,7 @@ struct Slot<O> {
 /// A batch handed to the entity: ended by whichever handler ends last.
 struct Batch<O> {
     shared: Arc<ReaderShared>,
-    slots: Mutex<Vec<Slot<O>>>,
+    slots: Mutex<Vec<Entry<O>>>,
     left: AtomicUsize,
 }
 
@@ -769,10 +897,10 @@ impl ReaderShared {
     /// `MAX_DELIVERIES` failures it goes to the dead-letter stream (`ns:name:dead`) with the
     /// failure, and is acknowledged (and an importer waiting for its answer hears why). What
     /// was never handled (the entity stopped) is left pending.
-    fn end<O: Serialize>(&self, slots: Vec<Slot<O>>) -> Result<(), BoxError> {
+    fn end<O: Serialize>(&self, slots: Vec<Entry<O>>) -> Result<(), BoxError> {
         let mut con = self.con.lock().unwrap_or_else(|e| e.into_inner());
         let failures = format!("{}:failures", self.stream);
-        let failed: Vec<&Slot<O>> = slots.iter().filter(|s| matches!(s.outcome, Some(Outcome::Failed(_)))).collect();
+        let failed: Vec<&Entry<O>> = slots.iter().filter(|s| matches!(s.outcome, Some(Outcome::Failed(_)))).collect();
         let counts: Vec<u32> = if failed.is_empty() {
             Vec::new()
         } else {
@@ -916,7 +1044,7 @@ where
                         }
                         None => (None, None),
                     };
-                    slots.push(Slot { id: entry.id.clone(), body: raw.to_vec(), answer, outcome: None });
+                    slots.push(Entry { id: entry.id.clone(), body: raw.to_vec(), answer, outcome: None });
                     bodies.push((body, read, asker));
                 }
                 // Nothing can ever handle it: a dead letter at once.
@@ -984,6 +1112,7 @@ where
     }
 
     fn start(&mut self, ctx: &mut Context<()>) -> Result<(), BoxError> {
+        self.shared.counts.register(ctx);
         ctx.every(Duration::from_micros(100));
         Ok(())
     }

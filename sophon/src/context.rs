@@ -439,7 +439,14 @@ pub struct Context<O> {
     /// Whether a handler asked for [`Backend::idle`](crate::Backend::idle) (see
     /// [`when_idle`](Self::when_idle)).
     pub(crate) idle_wanted: bool,
+    /// While a replica handles a routed query: what measures it for the routing, told whether
+    /// it went well. A backend whose answer comes later (a remote entity's) takes it, and tells
+    /// it when the answer comes; otherwise the agent tells it as the handler returns.
+    pub(crate) completion: Option<Completion>,
 }
+
+/// How a routed query ended, for the routing's measure (see `Context::completion`).
+pub(crate) type Completion = Box<dyn FnOnce(bool) + Send>;
 
 impl<O> fmt::Debug for Context<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -465,6 +472,7 @@ impl<O: Send + 'static> Context<O> {
             asker: None,
             redelivered: false,
             idle_wanted: false,
+            completion: None,
         }
     }
 
@@ -477,6 +485,12 @@ impl<O: Send + 'static> Context<O> {
     pub(crate) fn remove_siblings_to(&mut self, target: Uuid) {
         self.siblings.retain(|s| s.id != Some(target));
         self.single = self.siblings.len() == 1 && self.siblings[0].port.is_none();
+    }
+
+    /// The agent's entity.
+    #[cfg(feature = "bus")]
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     /// Routes outputs by port from now on: `port_of` tells the port of a value.

@@ -89,19 +89,10 @@ impl<I: Send + 'static, O: Send + 'static> Ticket<I, O> {
         (!asked && !self.retry).then(|| (self.view.set.clone)(body))
     }
 
-    /// Sends the copy of a message whose handler panicked here to another replica, once. The
-    /// copy is a message more than its sender sent: the front counts it as its send, so that
-    /// every message handled is one sent. False if no other replica takes it.
-    pub(crate) fn retry(&self, body: I) -> bool {
-        let sent = &self.view.set.front.counters.sent;
-        sent.fetch_add(1, Ordering::AcqRel);
-        match self.view.route_as(body, None, Some(self.member.slot), Push::Wait, true) {
-            Ok(()) => true,
-            Err(_) => {
-                sent.fetch_sub(1, Ordering::AcqRel);
-                false
-            }
-        }
+    /// What retries the message elsewhere if its handler panics here (see [`Retrier::retry`]),
+    /// kept apart from the ticket, which the handler may take (see `Context::completion`).
+    pub(crate) fn retrier(&self) -> Retrier<I, O> {
+        Retrier { view: self.view.clone(), member: self.member.clone() }
     }
 
     /// Whether the replica it was sent to has been culled since, and the message should go to
@@ -134,6 +125,29 @@ impl<I: Send + 'static, O: Send + 'static> Ticket<I, O> {
     /// Takes the message off its lane without a measure: it was passed on.
     fn abandon(&self) {
         self.lane.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Retries a routed query whose handler panicked at another replica.
+pub(crate) struct Retrier<I, O> {
+    view: Arc<View<I, O>>,
+    member: Arc<Member<I, O>>,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Retrier<I, O> {
+    /// Sends the copy of a message whose handler panicked here to another replica, once. The
+    /// copy is a message more than its sender sent: the front counts it as its send, so that
+    /// every message handled is one sent. False if no other replica takes it.
+    pub(crate) fn retry(&self, body: I) -> bool {
+        let sent = &self.view.set.front.counters.sent;
+        sent.fetch_add(1, Ordering::AcqRel);
+        match self.view.route_as(body, None, Some(self.member.slot), Push::Wait, true) {
+            Ok(()) => true,
+            Err(_) => {
+                sent.fetch_sub(1, Ordering::AcqRel);
+                false
+            }
+        }
     }
 }
 

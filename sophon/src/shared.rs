@@ -44,6 +44,10 @@ pub(crate) struct Shared {
     failures_tx: Sender<Failure>,
     pub(crate) failures_rx: Receiver<Failure>,
     pub(crate) failures_dropped: AtomicU64,
+    /// What each entity of the system that crossed the bus counts (see `Report::bus`), as its
+    /// agent registers it when it starts.
+    #[cfg(feature = "bus")]
+    pub(crate) buses: Mutex<Vec<Arc<crate::bus::BusCounts>>>,
 }
 
 /// What the system's owner waits on: a stop request, and agents ending.
@@ -72,6 +76,8 @@ impl Shared {
             failures_tx,
             failures_rx,
             failures_dropped: AtomicU64::new(0),
+            #[cfg(feature = "bus")]
+            buses: Mutex::new(Vec::new()),
         }
     }
 

@@ -1399,7 +1399,14 @@ impl System {
             edges: self.edges(),
             rankings: self.rankings(),
             #[cfg(feature = "bus")]
-            bus: self.graph.buses.iter().map(|counts| counts.report()).collect(),
+            bus: self
+                .shared
+                .buses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|counts| counts.report())
+                .collect(),
             entities,
             failures: self.shared.failures_rx.try_iter().collect(),
             failures_dropped: self.shared.failures_dropped.load(Ordering::Relaxed),

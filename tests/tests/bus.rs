@@ -565,3 +565,58 @@ fn the_macro_exports_and_imports_entities_over_the_systems_bus() {
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.bus[0].received, 11, "{report}");
 }
+
+/// Answers each number after a while.
+struct Sleepy(Duration);
+
+impl Backend for Sleepy {
+    type Input = u64;
+    type Output = u64;
+
+    fn query(&mut self, n: u64, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+        std::thread::sleep(self.0);
+        Ok(ctx.send(n)?)
+    }
+}
+
+#[test]
+fn replicas_in_other_processes_are_routed_by_the_time_their_answers_take() {
+    let redis = Redis::start();
+    let bus = Bus::connect(&redis.url(), "test").unwrap();
+    let exporters: Vec<sophon::System> = [("fast", 1), ("slow", 20)]
+        .into_iter()
+        .map(|(name, ms)| {
+            let mut b = SystemBuilder::new();
+            let entity = b.entity(name, Sleepy(Duration::from_millis(ms)));
+            b.export(&entity, &bus);
+            b.spawn().unwrap()
+        })
+        .collect();
+    let mut b = SystemBuilder::new();
+    let replicas: Vec<sophon::BoxBackend<u64, u64>> =
+        vec![Box::new(bus.remote::<u64, u64>("slow").unwrap()), Box::new(bus.remote::<u64, u64>("fast").unwrap())];
+    let model = b.replicas("model", replicas);
+    let answers = b.output(&model, "answers");
+    let importer = b.spawn().unwrap();
+    let handle = importer.handle(&model);
+    for n in 0..300 {
+        handle.query(n).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut got: Vec<u64> = (0..300).map(|_| answers.recv_timeout(DEADLINE).unwrap()).collect();
+    got.sort();
+    assert_eq!(got, (0..300).collect::<Vec<_>>());
+    let report = importer.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    let ranking = &report.rankings[0];
+    let fast = ranking.replicas.iter().find(|r| r.name == "model/1").unwrap();
+    assert!(fast.sent >= 240, "the fast replica took {} of 300: {report}", fast.sent);
+    assert_eq!(ranking.best().unwrap().name, "model/1", "{report}");
+    // Both replicas' figures are in the report, with how long their answers took.
+    assert_eq!(report.bus.len(), 2, "{report}");
+    let slow = report.bus.iter().find(|b| b.entity == "slow").unwrap();
+    assert!(slow.answer_time.unwrap().p50 >= Duration::from_millis(20), "{report}");
+    for exporter in exporters {
+        assert!(exporter.shutdown(DEADLINE).is_clean());
+    }
+}
