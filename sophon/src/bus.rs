@@ -171,7 +171,7 @@ impl Bus {
         let theirs: String = con.get(&key)?;
         if theirs != ours {
             return Err(BusError(format!(
-                "`{entity}` on the bus is `{theirs}` (input => output), but this process {role} it as `{ours}`"
+                "`{entity}` on the bus is `{theirs}` (input => output), but this process {role} it as `{ours}`; if its types changed on purpose, delete the key `{key}` once every process has the new ones"
             )));
         }
         Ok(())
@@ -792,6 +792,9 @@ struct ReaderShared {
     carried: Arc<AtomicU64>,
 }
 
+/// How long an answer stream is kept after its last answer, in seconds.
+const ANSWERS_KEPT_S: i64 = 3_600;
+
 /// Batches a reader may have in flight before it waits.
 const MAX_IN_FLIGHT: usize = 4;
 /// How often a reader claims its entries in flight again, which keeps their idle time (what
@@ -939,6 +942,15 @@ impl ReaderShared {
         }
         if !acked.is_empty() {
             finish.xack(&self.stream, &self.group, &acked).ignore();
+        }
+        // An importer deletes its answer stream when it stops; one that died leaves it, and
+        // it goes an hour after its last answer.
+        let mut answered: Vec<&[u8]> =
+            slots.iter().filter_map(|s| s.answer.as_ref().map(|(to, _, _)| &to[..])).collect();
+        answered.sort_unstable();
+        answered.dedup();
+        for to in answered {
+            finish.expire(to, ANSWERS_KEPT_S).ignore();
         }
         let mut result = finish.query::<()>(&mut *con);
         if let Err(e) = &result
@@ -1145,6 +1157,20 @@ where
             }
         }
         // Reported as this reader's failures: the system's owner hears of each.
+        let problems = std::mem::take(&mut *self.shared.problems.lock().unwrap_or_else(|e| e.into_inner()));
+        match problems.into_iter().reduce(|a, b| format!("{a}; {b}")) {
+            Some(why) => Err(why.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the batches in flight to end (the entity stops after its reader), unless the
+    /// shutdown's deadline passes, and reports what went wrong with them.
+    fn nop(&mut self, ctx: &mut Context<()>) -> Result<(), BoxError> {
+        let shared = &ctx.core().shared;
+        while self.shared.in_flight.load(Ordering::Acquire) > 0 && !shared.expired.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let problems = std::mem::take(&mut *self.shared.problems.lock().unwrap_or_else(|e| e.into_inner()));
         match problems.into_iter().reduce(|a, b| format!("{a}; {b}")) {
             Some(why) => Err(why.into()),

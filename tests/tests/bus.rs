@@ -412,6 +412,11 @@ fn answers_come_back_to_the_importers_siblings_in_order() {
     for n in 0..5_000 {
         assert_eq!(answers.recv_timeout(DEADLINE).unwrap(), (n + 100) * 2);
     }
+    // An importer that died would leave its answer stream, which goes an hour after its last
+    // answer.
+    let key = redis.cli(&["KEYS", "test:double:answers:*"]).trim().to_string();
+    let ttl: i64 = redis.cli(&["TTL", &key]).trim().parse().unwrap();
+    assert!((1..=3_600).contains(&ttl), "{key}: {ttl}");
     let report = importer.shutdown(DEADLINE);
     assert!(report.is_clean(), "{report}");
     let bus_report = &report.bus[0];
