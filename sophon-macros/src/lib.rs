@@ -33,6 +33,7 @@ use proc_macro::TokenStream;
 /// | `nop` | `fn nop(&mut self)`, optionally `ctx` | optional cleanup; returns `()` or `Result<(), E>` |
 /// | `start` | `fn start(&mut self)`, optionally `ctx` | optional; runs once when the system starts, so a backend can act on its own (send, set timers); returns `()` or `Result<(), E>` |
 /// | `timer` | `fn timer(&mut self, timer: TimerId)`, optionally `ctx` | optional; runs when a timer set with `ctx.every` or `ctx.after` fires; returns `()` or `Result<(), E>` |
+/// | `idle` | `fn idle(&mut self)`, optionally `ctx` | optional; runs once the agent has handled every queued message, when a handler asked with `ctx.when_idle()`: where a backend sends what it gathered; returns `()` or `Result<(), E>` |
 ///
 /// What `query` returns is sent to every sibling (so it must be `Clone`), read from the return
 /// type as written:

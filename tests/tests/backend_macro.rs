@@ -178,3 +178,47 @@ fn generic_blocks_and_helper_methods_work() {
     assert_eq!(tag_out.recv().unwrap(), ("tagged", 'x'));
     assert_eq!(counter_out.iter().take(2).collect::<Vec<_>>(), [1, 2]);
 }
+
+/// `idle`: gathers numbers, and sends their sum whenever the queue runs dry.
+#[derive(Default)]
+struct Summer {
+    sum: Option<u64>,
+}
+
+#[backend]
+impl Summer {
+    fn query(&mut self, n: u64, ctx: &mut Context<u64>) {
+        *self.sum.get_or_insert(0) += n;
+        ctx.when_idle();
+    }
+
+    fn idle(&mut self, ctx: &mut Context<u64>) -> Result<(), sophon::Error> {
+        match self.sum.take() {
+            Some(sum) => ctx.send(sum),
+            None => Ok(()),
+        }
+    }
+}
+
+#[test]
+fn idle_sends_what_the_handlers_gathered_once_the_queue_runs_dry() {
+    let mut b = SystemBuilder::new();
+    let summer = b.entity("summer", Summer::default());
+    let sums = b.output(&summer, "sums");
+    let system = b.spawn().unwrap();
+    let handle = system.handle(&summer);
+    for n in 1..=100 {
+        handle.query(n).unwrap();
+    }
+    // However the burst was cut into batches, every number is in one sum, and each sum came
+    // once the queue had run dry.
+    let mut total = 0;
+    while total < 5_050 {
+        total += sums.recv_timeout(DEADLINE).unwrap();
+    }
+    assert_eq!(total, 5_050);
+    handle.query(7).unwrap();
+    assert_eq!(sums.recv_timeout(DEADLINE).unwrap(), 7);
+    let report = system.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+}

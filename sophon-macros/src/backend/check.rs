@@ -14,6 +14,7 @@ pub(super) struct Model {
     pub(super) nop: Option<Handler>,
     pub(super) start: Option<Handler>,
     pub(super) timer: Option<Handler>,
+    pub(super) idle: Option<Handler>,
 }
 
 /// How `query` answers.
@@ -40,7 +41,7 @@ pub(super) enum Returns {
     ResultOption,
 }
 
-/// `read`, `nop`, `start` or `timer`.
+/// `read`, `nop`, `start`, `timer` or `idle`.
 pub(super) struct Handler {
     pub(super) takes_ctx: bool,
     pub(super) fallible: bool,
@@ -54,7 +55,7 @@ struct Params<'a> {
 
 // Every handler takes `&mut self`, is neither generic nor `async`, and takes the parameters its
 // kind allows: `query(&mut self, input: In)`, `read(&mut self, input: In)`, `nop(&mut self)`,
-// `start(&mut self)`, `timer(&mut self, timer: TimerId)`, each optionally followed by
+// `start(&mut self)`, `timer(&mut self, timer: TimerId)`, `idle(&mut self)`, each optionally followed by
 // `ctx: &mut Context<Out>`. (That `timer` takes a `TimerId` is left to rustc.)
 fn check_signature<'a>(f: &'a ImplItemFn, takes_input: bool, errors: &mut Errors) -> Option<Params<'a>> {
     let sig = &f.sig;
@@ -272,6 +273,7 @@ pub(super) fn check(item: &syn::ItemImpl, errors: &mut Errors) -> Option<Model> 
     let nop = optional(handler("nop"), false, errors);
     let start = optional(handler("start"), false, errors);
     let timer = optional(handler("timer"), true, errors);
+    let idle = optional(handler("idle"), false, errors);
 
     // A backend must answer queries, e.g. `fn query(&mut self, input: String) -> String`.
     let Some(query_fn) = query_fn else {
@@ -335,7 +337,8 @@ pub(super) fn check(item: &syn::ItemImpl, errors: &mut Errors) -> Option<Model> 
     fn valid<T>(h: Option<Option<T>>) -> Option<Option<T>> {
         h.map_or(Some(None), |h| h.map(Some))
     }
-    let (Some(read), Some(nop), Some(start), Some(timer)) = (valid(read), valid(nop), valid(start), valid(timer))
+    let (Some(read), Some(nop), Some(start), Some(timer), Some(idle)) =
+        (valid(read), valid(nop), valid(start), valid(timer), valid(idle))
     else {
         return None;
     };
@@ -362,5 +365,6 @@ pub(super) fn check(item: &syn::ItemImpl, errors: &mut Errors) -> Option<Model> 
         nop: nop.map(|(p, fallible)| Handler { takes_ctx: p.ctx.is_some(), fallible }),
         start: start.map(|(p, fallible)| Handler { takes_ctx: p.ctx.is_some(), fallible }),
         timer: timer.map(|(p, fallible)| Handler { takes_ctx: p.ctx.is_some(), fallible }),
+        idle: idle.map(|(p, fallible)| Handler { takes_ctx: p.ctx.is_some(), fallible }),
     })
 }

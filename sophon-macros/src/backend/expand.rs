@@ -20,7 +20,7 @@ pub(super) fn expand(item: &syn::ItemImpl, model: &Model, args: &Args) -> TokenS
     let item = &item;
     let self_ty = &item.self_ty;
     let (impl_generics, _, where_clause) = item.generics.split_for_impl();
-    let Model { input, output, query, read, nop, start, timer } = model;
+    let Model { input, output, query, read, nop, start, timer, idle } = model;
 
     let call = if query.takes_ctx {
         quote!(<#self_ty>::query(self, __input, __ctx))
@@ -85,7 +85,7 @@ pub(super) fn expand(item: &syn::ItemImpl, model: &Model, args: &Args) -> TokenS
             }
         }
     });
-    // `nop` and `start` take nothing but the context.
+    // `nop`, `start` and `idle` take nothing but the context.
     let bare = |name: TokenStream, h: &Handler| {
         let call = handler_call(self_ty, name.clone(), None, h);
         quote! {
@@ -100,6 +100,7 @@ pub(super) fn expand(item: &syn::ItemImpl, model: &Model, args: &Args) -> TokenS
     };
     let nop_fn = nop.as_ref().map(|h| bare(quote!(nop), h));
     let start_fn = start.as_ref().map(|h| bare(quote!(start), h));
+    let idle_fn = idle.as_ref().map(|h| bare(quote!(idle), h));
     let blocking_fn = args.blocking.then(|| {
         quote! {
             fn blocking(&self) -> bool {
@@ -128,6 +129,7 @@ pub(super) fn expand(item: &syn::ItemImpl, model: &Model, args: &Args) -> TokenS
             #read_fn
             #nop_fn
             #start_fn
+            #idle_fn
             #timer_fn
             #blocking_fn
         }

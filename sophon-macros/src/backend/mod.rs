@@ -9,7 +9,7 @@ use proc_macro2::TokenStream;
 use crate::errors::Errors;
 
 /// The methods `#[backend]` reads as handlers; the impl block's other methods stay as they are.
-pub(crate) const HANDLERS: [&str; 5] = ["query", "read", "nop", "start", "timer"];
+pub(crate) const HANDLERS: [&str; 6] = ["query", "read", "nop", "start", "timer", "idle"];
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
