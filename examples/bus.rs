@@ -16,6 +16,9 @@
 //! processes share the person's messages (one consumer group). The person process ends at
 //! `/quit` or at the end of its input.
 
+#[path = "common/conversation.rs"]
+mod conversation;
+
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -24,7 +27,7 @@ use std::time::{Duration, Instant};
 use sophon::backends::llm::{ChatOptions, HttpLlm, LocalLlm};
 use sophon::backends::person::Person;
 use sophon::bus::{BUS_URL_VAR, Bus};
-use sophon::{AskError, BoxBackend, ReplyErrorKind, agent_system};
+use sophon::{BoxBackend, agent_system};
 
 /// The namespace of the example's streams on the broker.
 const NAMESPACE: &str = "sophon-chat";
@@ -172,23 +175,8 @@ fn person() -> Result<(), Box<dyn std::error::Error>> {
     let bus = bus()?;
     let stream = bus.stream("model");
     let system = PersonSide::spawn(bus)?;
-    let (person, model) = (&system.person, &system.model);
     println!("Talking to the model on {stream}. Type /quit or end the input to leave.");
-    let mut reply = String::new();
-    loop {
-        let line = match person.call(reply) {
-            Ok(line) => line,
-            Err(AskError::Reply(e)) if e.kind() == ReplyErrorKind::NoAnswer => break,
-            Err(e) => return Err(e.into()),
-        };
-        reply = match model.ask(line)?.collect::<Result<String, _>>() {
-            Ok(pieces) => pieces.trim().to_owned(),
-            Err(e) => {
-                eprintln!("bus: {e}");
-                String::new()
-            }
-        };
-    }
+    conversation::converse(&system.person, &system.model, "bus")?;
     let report = system.shutdown(Duration::from_secs(30));
     if !report.is_clean() {
         eprintln!("{report}");

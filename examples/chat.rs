@@ -12,13 +12,16 @@
 //! Type `/quit`, or end the input, to leave. With piped input it runs without a terminal and
 //! exits at the end of the input. `--graph` prints the system's graph (Mermaid) and exits.
 
+#[path = "common/conversation.rs"]
+mod conversation;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use sophon::backends::llm::{ChatOptions, HttpLlm, LocalLlm};
 use sophon::backends::person::Person;
-use sophon::{AskError, BoxBackend, ReplyErrorKind, agent_system};
+use sophon::{BoxBackend, agent_system};
 
 /// The system prompt unless `--system` gives one: of those tried, the one whose replies most
 /// often recalled what was said earlier (`examples/model_recall.rs`, BENCHMARKS.md).
@@ -119,24 +122,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let system = Chat::spawn(backend)?;
 
     println!("Talking to {name}. Type /quit or end the input to leave.");
-    let mut reply = String::new();
-    loop {
-        // The person sees the reply and types the next line; one who leaves answers nothing.
-        let line = match system.person.call(reply) {
-            Ok(line) => line,
-            Err(AskError::Reply(e)) if e.kind() == ReplyErrorKind::NoAnswer => break,
-            Err(e) => return Err(e.into()),
-        };
-        // Asked, the model streams its reply in pieces.
-        reply = match system.model.ask(line)?.collect::<Result<String, _>>() {
-            Ok(pieces) => pieces.trim().to_owned(),
-            // A failed reply is reported, and the person gets the floor back.
-            Err(e) => {
-                eprintln!("chat: {e}");
-                String::new()
-            }
-        };
-    }
+    conversation::converse(&system.person, &system.model, "chat")?;
     let report = system.shutdown(Duration::from_secs(30));
     if !report.is_clean() {
         eprintln!("{report}");
