@@ -625,3 +625,49 @@ fn replicas_in_other_processes_are_routed_by_the_time_their_answers_take() {
         assert!(exporter.shutdown(DEADLINE).is_clean());
     }
 }
+
+/// Notes what it reads, and answers queries with how many it has read.
+struct Reads(Arc<Mutex<Vec<u64>>>);
+
+impl Backend for Reads {
+    type Input = u64;
+    type Output = u64;
+
+    fn query(&mut self, _: u64, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+        let read = self.0.lock().unwrap().len() as u64;
+        Ok(ctx.send(read)?)
+    }
+
+    fn read(&mut self, n: u64, _: &mut Context<u64>) -> Result<(), BoxError> {
+        self.0.lock().unwrap().push(n);
+        Ok(())
+    }
+}
+
+#[test]
+fn reads_cross_the_bus_as_reads_and_are_never_answered() {
+    let redis = Redis::start();
+    let bus = Bus::connect(&redis.url(), "test").unwrap();
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let mut b = SystemBuilder::new();
+    let reads = b.entity("reads", Reads(kept.clone()));
+    b.export(&reads, &bus);
+    let exporter = b.spawn().unwrap();
+    let mut b = SystemBuilder::new();
+    let reads = b.import::<u64, u64>(&bus, "reads");
+    let answers = b.output(&reads, "answers");
+    let importer = b.spawn().unwrap();
+    let handle = importer.handle(&reads);
+    for n in 0..50 {
+        handle.read(n).unwrap();
+    }
+    // In order after the reads: the answer counts them all.
+    handle.query(0).unwrap();
+    assert_eq!(answers.recv_timeout(DEADLINE).unwrap(), 50);
+    assert_eq!(*kept.lock().unwrap(), (0..50).collect::<Vec<_>>());
+    let report = importer.shutdown(DEADLINE);
+    // 51 sent, one answer: reads want none.
+    assert_eq!((report.bus[0].sent, report.bus[0].received), (51, 1), "{report}");
+    assert!(answers.try_recv().is_err());
+    exporter.shutdown(DEADLINE);
+}
