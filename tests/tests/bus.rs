@@ -16,6 +16,9 @@ const CHILD: &str = "SOPHON_BUS_TEST_CHILD";
 /// With it, `bus_child` logs each message to this file instead, and runs until it is killed.
 const LOG: &str = "SOPHON_BUS_TEST_LOG";
 const MESSAGES: u64 = 100_000;
+/// With it, `bus_child` exports `double` instead, for `ASKED` queries.
+const DOUBLE: &str = "SOPHON_BUS_TEST_DOUBLE";
+const ASKED: u64 = 10_000;
 
 /// A `redis-server` of the test's own, stopped and removed when dropped.
 struct Redis {
@@ -135,6 +138,22 @@ fn bus_child() {
         let _system = b.spawn().unwrap();
         std::thread::sleep(DEADLINE);
         panic!("not killed");
+    }
+    if std::env::var(DOUBLE).is_ok() {
+        // Answers `ASKED` queries for the other process, then stops.
+        let mut b = SystemBuilder::new();
+        let double = b.entity("double", Double);
+        b.export(&double, &bus);
+        let system = b.spawn().unwrap();
+        let started = Instant::now();
+        while system.handle(&double).stats().unwrap().handled < ASKED {
+            assert!(started.elapsed() < DEADLINE, "not every query came");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let report = system.shutdown(DEADLINE);
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(report.bus[0].sent, ASKED, "{report}");
+        return;
     }
     let mut b = SystemBuilder::new();
     let sink = b.entity("sink", InOrder { next: 0, last: MESSAGES });
@@ -670,4 +689,25 @@ fn reads_cross_the_bus_as_reads_and_are_never_answered() {
     assert_eq!((report.bus[0].sent, report.bus[0].received), (51, 1), "{report}");
     assert!(answers.try_recv().is_err());
     exporter.shutdown(DEADLINE);
+}
+
+#[test]
+fn answers_and_asks_cross_two_processes() {
+    let redis = Redis::start();
+    let child = child_command(&redis).env(DOUBLE, "1").spawn().unwrap();
+    let bus = Bus::connect(&redis.url(), "test").unwrap();
+    let mut b = SystemBuilder::new();
+    let double = b.import::<u64, u64>(&bus, "double");
+    let answers = b.output(&double, "answers");
+    let importer = b.spawn().unwrap();
+    let handle = importer.handle(&double);
+    for n in 100..100 + ASKED - 1 {
+        handle.query(n).unwrap();
+    }
+    assert_eq!(handle.ask(21).unwrap().recv_timeout(DEADLINE).unwrap(), Some(42));
+    let got: Vec<u64> = (0..ASKED - 1).map(|_| answers.recv_timeout(DEADLINE).unwrap()).collect();
+    assert_eq!(got, (100..100 + ASKED - 1).map(|n| n * 2).collect::<Vec<_>>());
+    let report = importer.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    assert!(wait(child), "the exporting process failed");
 }
