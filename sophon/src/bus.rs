@@ -358,10 +358,11 @@ pub struct Remote<I, O> {
     con: redis::Connection,
     stream: String,
     bus: Bus,
-    /// The entries not yet added, as one pipeline, and the correlation numbers among them.
+    /// The entries not yet added, as one pipeline, and the correlation numbers of those whose
+    /// answers are wanted.
     batch: redis::Pipeline,
     batched: usize,
-    batch_asks: Vec<u64>,
+    batch_waiting: Vec<u64>,
     answers: Arc<Answers<O>>,
     next: u64,
     listener: Option<std::thread::JoinHandle<()>>,
@@ -410,7 +411,7 @@ where
             bus: bus.clone(),
             batch: redis::pipe(),
             batched: 0,
-            batch_asks: Vec::new(),
+            batch_waiting: Vec::new(),
             answers,
             next: 0,
             listener: None,
@@ -446,7 +447,7 @@ where
             self.next += 1;
             let waiting = Waiting { sent: std::time::Instant::now(), asker, completion };
             self.answers.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(c, waiting);
-            self.batch_asks.push(c);
+            self.batch_waiting.push(c);
             self.answers.outstanding.fetch_add(1, Ordering::AcqRel);
             cmd.arg("to").arg(&self.answers.stream).arg("c").arg(c);
             // Nobody wakes a backend run without its handle: it looks now and then instead.
@@ -488,7 +489,7 @@ where
         };
         let batched = std::mem::take(&mut self.batched);
         self.batch.clear();
-        let asks = std::mem::take(&mut self.batch_asks);
+        let asks = std::mem::take(&mut self.batch_waiting);
         match result {
             Ok(()) => {
                 self.counts.sent.fetch_add(batched as u64, Ordering::Relaxed);
