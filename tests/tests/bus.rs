@@ -444,6 +444,9 @@ fn answers_come_back_to_the_importers_siblings_in_order() {
     assert!(report.is_clean(), "{report}");
     assert_eq!((report.bus[0].received, report.bus[0].sent, report.bus[0].dead_letters), (5_000, 5_000, 0), "{report}");
     assert!(report.to_string().contains("bus:double -> double: 5000 sent"), "{report}");
+    // The sums: every message taken was handled once, and answered once.
+    let double = report.entity("double").unwrap();
+    assert_eq!((double.stats.handled, double.stats.undelivered, double.stats.errors), (5_000, 0, 0), "{report}");
     // The importer's answer stream is gone with it.
     assert_eq!(redis.cli(&["KEYS", "test:double:answers:*"]).trim(), "");
 }
