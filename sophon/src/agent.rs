@@ -755,9 +755,11 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
     }
 
     fn handle_routed_here(&mut self, routed: Routed<I, O>) -> Flow {
-        let Routed { body, asker, ticket } = routed;
+        let Routed { body, asker, ticket, tracked } = routed;
         let (errors, panics) = (self.errors, self.panics);
-        let spare = ticket.spare(&body, asker.is_some());
+        // A message from the bus is not retried here: the bus delivers it again.
+        let spare = if tracked.is_some() { None } else { ticket.spare(&body, asker.is_some()) };
+        self.ctx.redelivered = tracked.as_ref().is_some_and(|t| t.redelivered);
         let retrier = ticket.retrier();
         let began = Instant::now();
         // The handler may take this, to tell it when its answer comes (a remote entity's).
@@ -775,6 +777,14 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         }
         if let Some(complete) = self.ctx.completion.take() {
             complete(self.errors == errors && !panicked);
+        }
+        self.ctx.redelivered = false;
+        if let Some(tracked) = tracked {
+            tracked.done.tell(if self.errors == errors && !panicked {
+                Outcome::Handled
+            } else {
+                Outcome::Failed(self.last_failure.take().unwrap_or_default())
+            });
         }
         flow
     }

@@ -81,6 +81,50 @@ impl Done {
             tell(outcome);
         }
     }
+
+    /// One that tells nothing: it stands for a `Done` already told.
+    pub(crate) fn told() -> Self {
+        Done(None)
+    }
+
+    /// `n` parts of this one, for copies of one message: it is told once every part is, that
+    /// the message failed if a copy failed, or else that it was handled if a copy was.
+    pub(crate) fn split(self, n: usize) -> Vec<Done> {
+        struct Parts {
+            left: usize,
+            done: Option<Done>,
+            failure: Option<String>,
+            handled: bool,
+        }
+        let parts = Arc::new(Mutex::new(Parts { left: n, done: Some(self), failure: None, handled: false }));
+        (0..n)
+            .map(|_| {
+                let parts = parts.clone();
+                Done::new(move |outcome| {
+                    let mut parts = parts.lock().unwrap_or_else(|e| e.into_inner());
+                    match outcome {
+                        Outcome::Handled => parts.handled = true,
+                        Outcome::Failed(why) => {
+                            parts.failure.get_or_insert(why);
+                        }
+                        Outcome::NotHandled => {}
+                    }
+                    parts.left -= 1;
+                    if parts.left == 0
+                        && let Some(done) = parts.done.take()
+                    {
+                        let outcome = match parts.failure.take() {
+                            Some(why) => Outcome::Failed(why),
+                            None if parts.handled => Outcome::Handled,
+                            None => Outcome::NotHandled,
+                        };
+                        drop(parts);
+                        done.tell(outcome);
+                    }
+                })
+            })
+            .collect()
+    }
 }
 
 impl Drop for Done {

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
 use crate::context::{Context, Flushed, Outlet, Sent, Waiting, retry_after_registering};
-use crate::entity::{Core, EntityState, Envelope, Port};
+use crate::entity::{Core, Done, EntityState, Envelope, Port, Tracked};
 use crate::err::{BoxError, ErrorKind};
 use crate::pool::Task;
 use crate::reply::{Asker, ReplyErrorKind};
@@ -69,6 +69,17 @@ pub(crate) struct Routed<I, O> {
     pub(crate) body: I,
     pub(crate) asker: Option<Asker<O>>,
     pub(crate) ticket: Ticket<I, O>,
+    /// For a message from the bus: what its sender is told when the handler ends.
+    pub(crate) tracked: Option<Box<TrackedPart>>,
+}
+
+/// A refusal, with the bus's part of the message given back.
+type RefusedTracked<I, O> = (Refused<I, O>, Option<Box<TrackedPart>>);
+
+/// What a routed message from the bus carries besides its body (see `Envelope::Tracked`).
+pub(crate) struct TrackedPart {
+    pub(crate) redelivered: bool,
+    pub(crate) done: Done,
 }
 
 /// Who sent a routed message, to which replica, when, and whether it probes a culled replica.
@@ -141,7 +152,7 @@ impl<I: Send + 'static, O: Send + 'static> Retrier<I, O> {
     pub(crate) fn retry(&self, body: I) -> bool {
         let sent = &self.view.set.front.counters.sent;
         sent.fetch_add(1, Ordering::AcqRel);
-        match self.view.route_as(body, None, Some(self.member.slot), Push::Wait, true) {
+        match self.view.route_as(body, None, Some(self.member.slot), Push::Wait, true, None) {
             Ok(()) => true,
             Err(_) => {
                 sent.fetch_sub(1, Ordering::AcqRel);
@@ -154,21 +165,21 @@ impl<I: Send + 'static, O: Send + 'static> Retrier<I, O> {
 /// Passes a routed message taken from a culled, stopped or failed replica's queue on to another
 /// replica. `Err` if none takes it: the caller handles it, or counts it undelivered.
 pub(crate) fn reroute<I: Send + 'static, O: Send + 'static>(routed: Routed<I, O>) -> Result<(), Routed<I, O>> {
-    let Routed { body, asker, ticket } = routed;
+    let Routed { body, asker, ticket, tracked } = routed;
     ticket.abandon();
     let view = ticket.view.clone();
-    match view.route_as(body, asker, Some(ticket.member.slot), Push::Wait, ticket.retry) {
+    match view.route_as(body, asker, Some(ticket.member.slot), Push::Wait, ticket.retry, tracked) {
         Ok(()) => {
             // Counted where it went instead: shares add up to what was sent.
             ticket.member.routed.fetch_sub(1, Ordering::Relaxed);
             ticket.lane.sent.fetch_sub(1, Ordering::Relaxed);
             Ok(())
         }
-        Err(refused) => {
+        Err((refused, tracked)) => {
             let (body, asker) = refused.into_parts();
             // Back on the lane it came from, for whoever handles or drops it.
             ticket.lane.in_flight.fetch_add(1, Ordering::AcqRel);
-            Err(Routed { body, asker, ticket })
+            Err(Routed { body, asker, ticket, tracked })
         }
     }
 }
@@ -198,12 +209,24 @@ pub(crate) fn route_envelope<I: Send + 'static, O: Send + 'static>(
         Envelope::Read(body) => {
             view.set.broadcast(body, Push::Wait).map_err(|(body, kind)| (Envelope::Read(body), kind))
         }
-        // A message whose end its sender waits for (the bus): to the first running replica, as
-        // it is, unrouted.
-        Envelope::Tracked(tracked) => match view.set.members().iter().find(|m| m.running()) {
-            Some(member) => member.port.inbox.push(Envelope::Tracked(tracked), &member.port.core),
-            None => Err((Envelope::Tracked(tracked), ErrorKind::Stopped)),
-        },
+        // A message whose end its sender is told of (the bus): a query is routed as a handle's
+        // is, and a read goes to every replica.
+        Envelope::Tracked(tracked) => {
+            let Tracked { body, read, redelivered, done, asker } = *tracked;
+            let back =
+                |body, asker, done| Envelope::Tracked(Box::new(Tracked { body, read, redelivered, done, asker }));
+            if read {
+                return view
+                    .set
+                    .broadcast_tracked(body, redelivered, done)
+                    .map_err(|(body, kind)| (back(body, None, Done::told()), kind));
+            }
+            let part = Box::new(TrackedPart { redelivered, done });
+            view.route_as(body, asker, None, Push::Wait, false, Some(part)).map_err(|(r, part)| {
+                let (body, asker, kind) = refused(r);
+                (back(body, asker, part.map_or_else(Done::told, |p| p.done)), kind)
+            })
+        }
         _ => unreachable!("handles send queries, reads, asks and tracked messages"),
     }
 }
@@ -558,6 +581,45 @@ impl<I: Send + 'static, O: Send + 'static> ReplicaSet<I, O> {
         }
     }
 
+    /// A read from the bus to every running replica, each a copy; its sender is told once every
+    /// copy is handled (see [`Done::split`]). Gives the body back if no replica takes it.
+    pub(crate) fn broadcast_tracked(&self, body: I, redelivered: bool, done: Done) -> Result<(), (I, ErrorKind)> {
+        let running: Vec<_> = self.members().iter().filter(|m| m.running()).cloned().collect();
+        let Some((last, rest)) = running.split_last() else {
+            return Err((body, ErrorKind::Stopped));
+        };
+        let mut parts = done.split(running.len());
+        let mut part = || parts.pop().expect("a part per replica");
+        let sent = &self.front.counters.sent;
+        sent.fetch_add(rest.len() as u64, Ordering::AcqRel);
+        let mut taken = 0;
+        let tracked =
+            |body, done| Envelope::Tracked(Box::new(Tracked { body, read: true, redelivered, done, asker: None }));
+        for member in rest {
+            // A copy refused is dropped, and its part tells that it was not handled.
+            if Push::Wait.push(&member.port, tracked((self.clone)(&body), part())).is_ok() {
+                taken += 1;
+            } else {
+                sent.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        match Push::Wait.push(&last.port, tracked(body, part())) {
+            Ok(()) => Ok(()),
+            Err((Envelope::Tracked(refused), kind)) => {
+                let Tracked { body, done, .. } = *refused;
+                drop(done);
+                if taken == 0 {
+                    Err((body, kind))
+                } else {
+                    // One copy fewer than counted: the last replica's stands for it.
+                    sent.fetch_sub(1, Ordering::AcqRel);
+                    Ok(())
+                }
+            }
+            Err(_) => unreachable!("a tracked read was sent"),
+        }
+    }
+
     /// Each relationship's ranking of the replicas, cheapest first.
     pub(crate) fn rankings(&self) -> Vec<Ranking> {
         let now = Instant::now();
@@ -700,7 +762,7 @@ impl<I: Send + 'static, O: Send + 'static> View<I, O> {
         exclude: Option<usize>,
         push: Push,
     ) -> Result<(), Refused<I, O>> {
-        self.route_as(body, asker, exclude, push, false)
+        self.route_as(body, asker, exclude, push, false, None).map_err(|(refused, _)| refused)
     }
 
     /// [`route`](Self::route), of a retry or not.
@@ -711,7 +773,8 @@ impl<I: Send + 'static, O: Send + 'static> View<I, O> {
         exclude: Option<usize>,
         push: Push,
         retry: bool,
-    ) -> Result<(), Refused<I, O>> {
+        mut tracked: Option<Box<TrackedPart>>,
+    ) -> Result<(), RefusedTracked<I, O>> {
         let members = self.set.members();
         let now = Instant::now();
         self.seed(&members, now);
@@ -730,13 +793,14 @@ impl<I: Send + 'static, O: Send + 'static> View<I, O> {
                     }
                     match candidates.len() {
                         0 => {
-                            return Err(match full {
+                            let refused = match full {
                                 Some(core) => Refused::Full(body, asker, core),
                                 None => {
                                     let kind = self.set.front.state().refusal().unwrap_or(last_refusal);
                                     Refused::Stopped(body, asker, kind)
                                 }
-                            });
+                            };
+                            return Err((refused, tracked));
                         }
                         1 => (candidates[0].clone(), false),
                         n => {
@@ -754,7 +818,7 @@ impl<I: Send + 'static, O: Send + 'static> View<I, O> {
             lane.in_flight.fetch_add(1, Ordering::AcqRel);
             let ticket =
                 Ticket { view: self.clone(), member: member.clone(), lane: lane.clone(), sent: now, probe, retry };
-            let routed = Box::new(Routed { body, asker, ticket });
+            let routed = Box::new(Routed { body, asker, ticket, tracked });
             match push.push(&member.port, Envelope::Routed(routed)) {
                 Ok(()) => {
                     lane.sent.fetch_add(1, Ordering::Relaxed);
@@ -763,10 +827,10 @@ impl<I: Send + 'static, O: Send + 'static> View<I, O> {
                 }
                 Err((env, kind)) => {
                     let Envelope::Routed(routed) = env else { unreachable!("a routed message was sent") };
-                    let Routed { body: back, asker: back_asker, ticket } = *routed;
+                    let Routed { body: back, asker: back_asker, ticket, tracked: back_tracked } = *routed;
                     drop(ticket);
                     lane.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    (body, asker) = (back, back_asker);
+                    (body, asker, tracked) = (back, back_asker, back_tracked);
                     // An offer refused by a replica still running found its queue full.
                     if push == Push::Offer && kind == ErrorKind::Stopped && member.running() {
                         full = Some(member.port.core.clone());

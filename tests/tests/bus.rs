@@ -714,3 +714,70 @@ fn answers_and_asks_cross_two_processes() {
     assert!(report.is_clean(), "{report}");
     assert!(wait(child), "the exporting process failed");
 }
+
+/// Answers each number after a while, and counts the reads it takes.
+struct Served(Duration, Arc<std::sync::atomic::AtomicU64>);
+
+impl Backend for Served {
+    type Input = u64;
+    type Output = u64;
+
+    fn query(&mut self, n: u64, ctx: &mut Context<u64>) -> Result<(), BoxError> {
+        std::thread::sleep(self.0);
+        Ok(ctx.send(n)?)
+    }
+
+    fn read(&mut self, _: u64, _: &mut Context<u64>) -> Result<(), BoxError> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+sophon::agent_system! {
+    #![bus(bus)]
+    /// One entity served by a slow and a fast replica, exported.
+    struct Served2(bus: Bus, reads: [Arc<std::sync::atomic::AtomicU64>; 2]);
+    #[export]
+    #[replicas]
+    model: sophon::BoxBackend<u64, u64> = [
+        Served(Duration::from_millis(15), reads[0].clone()),
+        Served(Duration::from_millis(1), reads[1].clone()),
+    ];
+}
+
+#[test]
+fn an_exported_replicated_entity_routes_what_comes_over_the_bus() {
+    let redis = Redis::start();
+    let bus = Bus::connect(&redis.url(), "test").unwrap();
+    let reads = [Arc::new(std::sync::atomic::AtomicU64::new(0)), Arc::new(std::sync::atomic::AtomicU64::new(0))];
+    let exporter = Served2::spawn(bus.clone(), reads.clone()).unwrap();
+    let importer = sophon::agent_system! {
+        #![bus(&bus)]
+        remote model: u64 => u64;
+        model -> output(answers);
+    }
+    .unwrap();
+    for n in 0..300 {
+        importer.model.query(n).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Every replica reads what comes over the bus.
+    for n in 0..10 {
+        importer.model.read(n).unwrap();
+    }
+    let mut got: Vec<u64> = (0..300).map(|_| importer.answers.recv_timeout(DEADLINE).unwrap()).collect();
+    got.sort();
+    assert_eq!(got, (0..300).collect::<Vec<_>>());
+    wait_until("both replicas read all 10", || {
+        reads.iter().all(|r| r.load(std::sync::atomic::Ordering::Relaxed) == 10)
+    });
+    assert!(importer.shutdown(DEADLINE).is_clean());
+    wait_until("nothing pending", || redis.cli(&["XPENDING", "test:model", "model"]).lines().next() == Some("0"));
+    let report = exporter.shutdown(DEADLINE);
+    assert!(report.is_clean(), "{report}");
+    let slow = report.entity("model/0").unwrap().stats.handled;
+    let fast = report.entity("model/1").unwrap().stats.handled;
+    // 300 queries routed, and 10 reads to each.
+    assert_eq!(fast + slow, 320, "{report}");
+    assert!(fast >= 250, "the fast replica took {} of 300 queries: {report}", fast - 10);
+}
