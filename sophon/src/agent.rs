@@ -762,8 +762,14 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         self.ctx.redelivered = tracked.as_ref().is_some_and(|t| t.redelivered);
         let retrier = ticket.retrier();
         let began = Instant::now();
-        // The handler may take this, to tell it when its answer comes (a remote entity's).
-        self.ctx.completion = Some(Box::new(move |ok| ticket.complete(ok, began)));
+        // A backend whose answer comes later (a remote entity's) takes the measure, to tell it
+        // when the answer comes; for the others it is told here, as the handler returns.
+        let mut ticket = Some(ticket);
+        if self.ctx.takes_completion
+            && let Some(ticket) = ticket.take()
+        {
+            self.ctx.completion = Some(Box::new(move |ok| ticket.complete(ok, began)));
+        }
         let flow = match asker {
             Some(asker) => self.handle_ask(body, asker),
             None => self.handle(HandlerKind::Query, body),
@@ -775,8 +781,11 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         {
             self.core.counters.rerouted.fetch_add(1, Ordering::AcqRel);
         }
-        if let Some(complete) = self.ctx.completion.take() {
-            complete(self.errors == errors && !panicked);
+        let ok = self.errors == errors && !panicked;
+        if let Some(ticket) = ticket {
+            ticket.complete(ok, began);
+        } else if let Some(complete) = self.ctx.completion.take() {
+            complete(ok);
         }
         self.ctx.redelivered = false;
         if let Some(tracked) = tracked {

@@ -443,6 +443,9 @@ pub struct Context<O> {
     /// it went well. A backend whose answer comes later (a remote entity's) takes it, and tells
     /// it when the answer comes; otherwise the agent tells it as the handler returns.
     pub(crate) completion: Option<Completion>,
+    /// Whether the backend takes `completion` (a remote entity's does): only then is it boxed
+    /// and offered.
+    pub(crate) takes_completion: bool,
 }
 
 /// How a routed query ended, for the routing's measure (see `Context::completion`).
@@ -473,6 +476,7 @@ impl<O: Send + 'static> Context<O> {
             redelivered: false,
             idle_wanted: false,
             completion: None,
+            takes_completion: false,
         }
     }
 

@@ -140,6 +140,7 @@ where
         if !self.registered {
             self.registered = true;
             self.counts.register(ctx);
+            ctx.takes_completion = true;
         }
         let body = postcard::to_stdvec(body)?;
         let asker = ctx.asker.take();
@@ -364,6 +365,8 @@ where
     fn start(&mut self, ctx: &mut Context<O>) -> Result<(), BoxError> {
         self.registered = true;
         self.counts.register(ctx);
+        // As a replica, its routing's measure is told when the answer comes.
+        ctx.takes_completion = true;
         Ok(())
     }
 
