@@ -409,11 +409,8 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
                     asker.finish();
                 }
                 self.ctx.redelivered = false;
-                done.tell(if self.errors == errors && self.panics == panics {
-                    Outcome::Handled
-                } else {
-                    Outcome::Failed(self.last_failure.take().unwrap_or_default())
-                });
+                let outcome = self.outcome(self.errors == errors && self.panics == panics);
+                done.tell(outcome);
                 flow
             }
             Incoming::Envelope(Envelope::Nop) => {
@@ -789,13 +786,15 @@ impl<I: Send + 'static, O: Send + 'static> Agent<I, O> {
         }
         self.ctx.redelivered = false;
         if let Some(tracked) = tracked {
-            tracked.done.tell(if self.errors == errors && !panicked {
-                Outcome::Handled
-            } else {
-                Outcome::Failed(self.last_failure.take().unwrap_or_default())
-            });
+            let outcome = self.outcome(ok);
+            tracked.done.tell(outcome);
         }
         flow
+    }
+
+    /// How the handler of a message from the bus ended, for its sender: `ok`, or the failure.
+    fn outcome(&mut self, ok: bool) -> Outcome {
+        if ok { Outcome::Handled } else { Outcome::Failed(self.last_failure.take().unwrap_or_default()) }
     }
 
     /// Counts and reports a handler's `Err`, and ends the reply of an ask with it.
